@@ -7,13 +7,12 @@ Modes: ``strict`` drops failing rows; ``warn`` keeps every row and reports what 
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dpo_recipes.data.formats import Normalized
+from dpo_recipes.data.jsonio import write_json_atomic
 from dpo_recipes.data.lengths import completion_token_counts, count_tokens, prompt_token_counts
 from dpo_recipes.data.readers import RawRows
 from dpo_recipes.errors import DPORecipesError
@@ -89,18 +88,7 @@ class ValidationReport:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the report as JSON atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     def summary(self) -> str:
         """A one-screen human summary."""

@@ -1,0 +1,127 @@
+"""Length-bias audit: does the data prefer longer answers?
+
+DPO learns whatever separates chosen from rejected; when that is mostly length, the policy learns verbosity
+(Park et al. 2024, "Disentangling Length from Quality in DPO"). The audit measures the bias and, when it is
+strong, recommends the length-regularized loss hook (`--loss_hook rdpo`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dpo_recipes.data.jsonio import write_json_atomic
+from dpo_recipes.data.lengths import count_tokens
+
+# Defaults for calling a bias "strong": chosen longer in >= 60% (or <= 40%) of the pairs whose lengths differ,
+# or |corr(length, preferred)| >= 0.2.
+STRONG_SHARE = 0.6
+STRONG_CORR = 0.2
+MIN_PAIRS = 20  # below this, shares are too noisy to call a bias strong
+
+
+@dataclass
+class AuditReport:
+    """Length statistics of chosen vs rejected completions. Lengths in `unit` (tokens, or words without a
+    tokenizer); differences are chosen minus rejected."""
+
+    pairs: int
+    unit: str
+    share_chosen_longer: float
+    share_rejected_longer: float
+    share_equal: float
+    mean_chosen_length: float
+    mean_rejected_length: float
+    mean_length_diff: float
+    median_length_diff: float
+    length_preference_corr: float | None  # point-biserial: corr(length, 1 if chosen else 0) over both answers
+    length_score_corr: float | None = None  # corr(length, score) over both answers, for scored data
+    strong_bias: bool = False
+    recommendation: str = ""
+    thresholds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the audit as JSON atomically."""
+        return write_json_atomic(path, self.to_dict())
+
+    def summary(self) -> str:
+        corr = "n/a" if self.length_preference_corr is None else f"{self.length_preference_corr:+.3f}"
+        lines = [
+            f"Length bias over {self.pairs:,} pairs (lengths in {self.unit}):",
+            f"  chosen longer   {100 * self.share_chosen_longer:5.1f}%   rejected longer "
+            f"{100 * self.share_rejected_longer:5.1f}%   equal {100 * self.share_equal:5.1f}%",
+            f"  mean length     chosen {self.mean_chosen_length:.1f}, rejected {self.mean_rejected_length:.1f}",
+            f"  length diff     mean {self.mean_length_diff:+.1f}, median {self.median_length_diff:+.1f} "
+            "(chosen - rejected)",
+            f"  corr(length, preferred) {corr}",
+        ]
+        if self.length_score_corr is not None:
+            lines.append(f"  corr(length, score)     {self.length_score_corr:+.3f}")
+        lines.append(("  STRONG BIAS: " if self.strong_bias else "  ") + self.recommendation)
+        return "\n".join(lines)
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "\n".join(m["content"] for m in value)
+    return value
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def audit_length_bias(dataset, tokenizer=None, *, strong_share: float = STRONG_SHARE,
+                      strong_corr: float = STRONG_CORR) -> AuditReport:
+    """Measure the length bias of a normalized preference dataset (columns chosen, rejected, optional scores)."""
+    chosen = [_text(v) for v in dataset["chosen"]]
+    rejected = [_text(v) for v in dataset["rejected"]]
+    if tokenizer is not None:
+        unit = "tokens"
+        lc, lr = np.array(count_tokens(chosen, tokenizer), float), np.array(count_tokens(rejected, tokenizer), float)
+    else:
+        unit = "words"
+        lc = np.array([len(t.split()) for t in chosen], float)
+        lr = np.array([len(t.split()) for t in rejected], float)
+    n = len(chosen)
+    if n == 0:
+        return AuditReport(0, unit, 0, 0, 0, 0, 0, 0, 0, None, recommendation="No pairs to audit.")
+    diff = lc - lr
+    longer, shorter = float((diff > 0).mean()), float((diff < 0).mean())
+    lengths = np.concatenate([lc, lr])
+    label = np.concatenate([np.ones(n), np.zeros(n)])
+    corr = _corr(lengths, label)
+    score_corr = None
+    if "score_chosen" in dataset.column_names:
+        scores = np.array(list(dataset["score_chosen"]) + list(dataset["score_rejected"]), float)
+        ok = ~np.isnan(scores)
+        score_corr = _corr(lengths[ok], scores[ok])
+    unequal = longer + shorter
+    share_of_unequal = longer / unequal if unequal else 0.5
+    strong = n >= MIN_PAIRS and (share_of_unequal >= strong_share or share_of_unequal <= 1 - strong_share
+              or (corr is not None and abs(corr) >= strong_corr))
+    direction = "longer" if share_of_unequal >= 0.5 else "shorter"
+    if strong:
+        rec = (f"chosen is {direction} in {100 * max(share_of_unequal, 1 - share_of_unequal):.0f}% of the pairs "
+               f"whose lengths differ; DPO will learn to be {'verbose' if direction == 'longer' else 'terse'}. "
+               "Consider length regularization: --loss_hook rdpo (tune --rdpo_alpha).")
+    elif n < MIN_PAIRS:
+        rec = f"Only {n} pairs: too few to judge a length bias."
+    else:
+        rec = "No strong length bias; length regularization is not needed."
+    return AuditReport(
+        pairs=n, unit=unit, share_chosen_longer=longer, share_rejected_longer=shorter, share_equal=1 - unequal,
+        mean_chosen_length=float(lc.mean()), mean_rejected_length=float(lr.mean()),
+        mean_length_diff=float(diff.mean()), median_length_diff=float(np.median(diff)),
+        length_preference_corr=corr, length_score_corr=score_corr, strong_bias=bool(strong), recommendation=rec,
+        thresholds={"strong_share": strong_share, "strong_corr": strong_corr})
