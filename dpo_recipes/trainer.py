@@ -1,20 +1,270 @@
 """A `DPOTrainer` subclass that applies the loss hooks TRL lacks (see `dpo_recipes.losses`).
 
-With `loss_hook=None` it is exactly TRL's `DPOTrainer`.
+With `loss_hook=None` it is exactly TRL's `DPOTrainer`: no method below changes anything on that path.
+
+How a hook is applied, without copying TRL's 300-line `_compute_loss`:
+
+1. TRL computes everything it normally does (policy forward, reference log-probs, the other loss terms such as
+   `sft`, and all `rewards/*`, `logps/*`, `logits/*` metrics), with its own `sigmoid` term left out of the sum.
+2. While it runs, forward hooks record the per-token log-probs the fused LM head returns for the policy and (when not
+   precomputed) the reference. From them the hook builds the same summed log-probs TRL uses, in the same order.
+3. The hook's per-pair loss (ODPO or R-DPO) replaces the sigmoid term, with the sigmoid's weight.
+
+So with alpha = 0 the result is TRL's sigmoid loss bit for bit (tested), and every other TRL loss type in the list
+passes through untouched. ODPO's scores travel as `score_chosen`/`score_rejected` columns: they are kept through
+TRL's column pruning and added to each batch by a wrapper around the collator. R-DPO's lengths are the number of
+completion tokens in each sequence, read from the batch's `completion_mask`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from accelerate.utils import is_peft_model
 from trl import DPOTrainer
+
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.losses import dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
+
+logger = logging.getLogger(__name__)
+
+LOSS_HOOKS = ("odpo", "rdpo")
+SCORE_COLUMNS = ("score_chosen", "score_rejected")
+
+
+class ScoreCollator:
+    """Wrap a preference collator so each batch also carries `score_chosen`/`score_rejected` (float64, [batch]).
+
+    TRL's `DataCollatorForPreference` builds only token tensors and ignores every other column.
+    """
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(examples)
+        for column in SCORE_COLUMNS:
+            if column in examples[0]:
+                batch[column] = torch.tensor([float(example[column]) for example in examples], dtype=torch.float64)
+        return batch
 
 
 class RecipeDPOTrainer(DPOTrainer):
-    """TRL's DPOTrainer plus optional ODPO / R-DPO loss hooks chosen by the recipe config."""
+    """TRL's DPOTrainer plus optional ODPO / R-DPO loss hooks chosen by the recipe config.
+
+    Args:
+        loss_hook: None (plain TRL), "odpo" (needs `score_chosen`/`score_rejected` columns) or "rdpo".
+        odpo_alpha: ODPO offset scale alpha; the offset is alpha * log(s_w - s_l). Paper default 1.0.
+        odpo_ratio: use log(s_w / s_l) as the offset instead (scores must then be positive).
+        rdpo_alpha: R-DPO length coefficient per completion token, added as alpha * (|y_w| - |y_l|) to the logit.
+        *args, **kwargs: passed to `trl.DPOTrainer` unchanged.
+
+    The hook replaces the `sigmoid` entry of `args.loss_type` (keeping its weight in `args.loss_weights`); other
+    entries, e.g. `sft`, are added as TRL computes them. Metrics logged next to TRL's: `odpo/offset` (mean alpha *
+    log-gap), `odpo/accuracy` (share of pairs with beta * h above their offset), `rdpo/length_diff` (mean
+    |y_w| - |y_l|, tokens), `rdpo/length_margin` (mean alpha * (|y_w| - |y_l|)), and `<hook>/loss`.
+    """
 
     def __init__(self, *args, loss_hook: str | None = None, odpo_alpha: float = 1.0, odpo_ratio: bool = False,
                  rdpo_alpha: float = 0.0, **kwargs):
+        if loss_hook not in (None, *LOSS_HOOKS):
+            raise DPORecipesError(f"loss_hook={loss_hook!r} is not a hook; use one of {list(LOSS_HOOKS)} or leave it "
+                                  "unset for TRL's own loss types.")
         self.loss_hook = loss_hook
         self.odpo_alpha = odpo_alpha
         self.odpo_ratio = odpo_ratio
         self.rdpo_alpha = rdpo_alpha
+        if loss_hook is not None:
+            # DPOTrainer's positional order: model, ref_model, args, data_collator, train_dataset, eval_dataset, ...
+            config = kwargs.get("args", args[2] if len(args) > 2 else None)
+            if config is not None:
+                _check_args_compose(loss_hook, config)
+            if loss_hook == "odpo":
+                train_dataset = kwargs.get("train_dataset", args[4] if len(args) > 4 else None)
+                _check_scores(train_dataset, "train_dataset", odpo_ratio)
+                eval_dataset = kwargs.get("eval_dataset", args[5] if len(args) > 5 else None)
+                for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict)
+                                      else [("eval_dataset", eval_dataset)]):
+                    _check_scores(dataset, name, odpo_ratio)
         super().__init__(*args, **kwargs)
+        if loss_hook is not None:
+            _check_args_compose(loss_hook, self.args)  # args may have been None above: TRL built a default
+            if self._is_vision_dataset:
+                raise DPORecipesError("loss_hook works on text preference data only; this dataset has images.")
+        if loss_hook == "odpo":
+            self.data_collator = ScoreCollator(self.data_collator)
+
+    # --- carrying the scores through TRL's data path ---------------------------------------------------------------
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if self.loss_hook == "odpo":
+            self._signature_columns = [*self._signature_columns, *SCORE_COLUMNS]
+
+    def compute_ref_log_probs(self, model, inputs):
+        # TRL passes every non-token key of the batch to the model; the scores are not model inputs.
+        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS})
+
+    # --- the loss ------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
+        inputs = {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS}
+        if self.loss_hook is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        sigmoid_index = self.loss_types.index("sigmoid")
+        sigmoid_weight = self.loss_weights[sigmoid_index]
+        with self._record_log_probs(model) as records, self._without_sigmoid_term(sigmoid_index):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = result if return_outputs else (result, None)
+
+        hook_loss = self._hook_loss(records, inputs, scores)
+        loss = loss + hook_loss.mean() * sigmoid_weight
+        return (loss, outputs) if return_outputs else loss
+
+    def _hook_loss(self, records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any],
+                   scores: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The hook's per-pair loss from the recorded per-token log-probs, summed as TRL sums them."""
+        mode = "train" if self.model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        seq_len = completion_mask.size(1) - 1
+        expected = 1 if self.precompute_ref_logps else 2
+        if len(records) != expected:
+            raise RuntimeError(f"loss_hook expected {expected} fused forward(s) in DPOTrainer._compute_loss, saw "
+                               f"{len(records)}; this TRL version computes the loss differently than TRL 1.16.")
+        chosen_logps, rejected_logps = records[0][1][:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen_logps, ref_rejected_logps = records[1][1][:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+
+        if self.loss_hook == "odpo":
+            missing = [c for c in SCORE_COLUMNS if c not in scores]
+            if missing:
+                raise DPORecipesError(
+                    f"loss_hook='odpo' needs {missing} in every batch, but the batch has none: a custom data_collator "
+                    "dropped them. Use the default collator or wrap yours in dpo_recipes.trainer.ScoreCollator.")
+            s_w, s_l = scores["score_chosen"], scores["score_rejected"]
+            losses = odpo_loss(*logps, s_w, s_l, beta=self.beta, alpha=self.odpo_alpha, ratio=self.odpo_ratio)
+            with torch.no_grad():
+                offset = odpo_offset(s_w, s_l, alpha=self.odpo_alpha, ratio=self.odpo_ratio)
+                above = (self.beta * dpo_logratio(*logps).double() > offset).float()
+            self._log_hook_metric(mode, "odpo/offset", offset)
+            self._log_hook_metric(mode, "odpo/accuracy", above)
+        else:
+            chosen_mask, rejected_mask = completion_mask.chunk(2, dim=0)
+            chosen_lengths, rejected_lengths = chosen_mask.sum(dim=1), rejected_mask.sum(dim=1)
+            losses = rdpo_loss(*logps, chosen_lengths, rejected_lengths, beta=self.beta, alpha=self.rdpo_alpha)
+            length_diff = (chosen_lengths - rejected_lengths).double()
+            self._log_hook_metric(mode, "rdpo/length_diff", length_diff)
+            self._log_hook_metric(mode, "rdpo/length_margin", rdpo_length_margin(chosen_lengths.double(),
+                                                                                 rejected_lengths.double(),
+                                                                                 alpha=self.rdpo_alpha))
+        self._log_hook_metric(mode, f"{self.loss_hook}/loss", losses.detach())
+        return losses
+
+    def _log_hook_metric(self, mode: str, name: str, values: torch.Tensor) -> None:
+        values = values.detach().to(self.accelerator.device, torch.float32)
+        self._metrics[mode][name].append(self.accelerator.gather(values).mean().item())
+
+    @contextlib.contextmanager
+    def _without_sigmoid_term(self, index: int):
+        """Let TRL compute every loss term except `sigmoid`, which the hook replaces."""
+        loss_types, loss_weights = self.loss_types, self.loss_weights
+        self.loss_types = loss_types[:index] + loss_types[index + 1:]
+        self.loss_weights = loss_weights[:index] + loss_weights[index + 1:]
+        try:
+            yield
+        finally:
+            self.loss_types, self.loss_weights = loss_types, loss_weights
+
+    @contextlib.contextmanager
+    def _record_log_probs(self, model):
+        """Record `log_probs` of every fused-LM-head forward of the policy (and reference model) during the block.
+
+        The hooks sit on the causal LM that TRL patched with `add_fused_lm_head`, beneath any PEFT, DDP or DeepSpeed
+        wrapper, so they see the policy forward and, with PEFT, the adapter-disabled reference forward, in call order.
+        """
+        records: list[tuple[str, torch.Tensor]] = []
+
+        def hook_for(tag):
+            def hook(module, args, kwargs, output):
+                if kwargs.get("fused_lm_head"):
+                    records.append((tag, output.log_probs))
+            return hook
+
+        policy = self.accelerator.unwrap_model(model)
+        policy = policy.get_base_model() if is_peft_model(policy) else policy
+        handles = [policy.register_forward_hook(hook_for("policy"), with_kwargs=True)]
+        if self.ref_model is not None and not self.precompute_ref_logps:
+            reference = self.accelerator.unwrap_model(self.ref_model)
+            handles.append(reference.register_forward_hook(hook_for("reference"), with_kwargs=True))
+        try:
+            yield records
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _check_args_compose(loss_hook: str, args) -> None:
+    """Refuse the DPOConfig settings the hook cannot honour, with what to change."""
+    loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
+    if "sigmoid" not in loss_types:
+        raise DPORecipesError(
+            f"loss_hook={loss_hook!r} replaces TRL's 'sigmoid' term, but loss_type={loss_types} has none. Add "
+            "'sigmoid' to loss_type (e.g. loss_type: [sigmoid, sft]) or unset loss_hook to use TRL's loss as is.")
+    if loss_types.count("sigmoid") > 1:
+        raise DPORecipesError(f"loss_type={loss_types} lists 'sigmoid' twice; list it once with a weight instead.")
+    problems = {
+        "use_liger_kernel": (getattr(args, "use_liger_kernel", False),
+                             "Liger replaces the model's forward and LM head, so the hook cannot read the per-token "
+                             "log-probs it needs. Set use_liger_kernel: false."),
+        "ld_alpha": (getattr(args, "ld_alpha", None) is not None,
+                     "LD-DPO reweights the log-probs by length itself; combine it with loss_hook is not supported. "
+                     "Unset ld_alpha (for length control, rdpo is the hook for it)."),
+        "use_weighting": (getattr(args, "use_weighting", False),
+                          "WPO weights are applied inside TRL's loss loop and would not reach the hook's term. "
+                          "Set use_weighting: false."),
+        "f_divergence_type": (getattr(args, "f_divergence_type", "reverse_kl") != "reverse_kl",
+                              "the hooks are defined for DPO's reverse-KL log-ratio. Use f_divergence_type: "
+                              "reverse_kl."),
+        "padding_free": (getattr(args, "padding_free", False),
+                         "the hook reads completion lengths from the padded batch. Set padding_free: false."),
+    }
+    for field, (bad, why) in problems.items():
+        if bad:
+            raise DPORecipesError(f"loss_hook={loss_hook!r} cannot be combined with {field}={getattr(args, field)!r}: "
+                                  f"{why}")
+
+
+def _check_scores(dataset, name: str, ratio: bool) -> None:
+    """ODPO needs a numeric score pair per row with s_w > s_l (and both > 0 for the ratio form)."""
+    if dataset is None:
+        return
+    columns = dataset.column_names or list(next(iter(dataset)).keys())
+    missing = [c for c in SCORE_COLUMNS if c not in columns]
+    if missing:
+        raise DPORecipesError(
+            f"loss_hook='odpo' needs the column(s) {missing} in {name} (found {sorted(columns)}). Give each pair the "
+            "scores of its chosen and rejected answer (e.g. reward-model or rating values), or use loss_hook='rdpo' "
+            "or plain DPO.")
+    if not hasattr(dataset, "__len__"):  # an IterableDataset: checked batch by batch would cost a pass; trust it
+        return
+    rule = "score_chosen > score_rejected > 0" if ratio else "score_chosen > score_rejected"
+    bad = []
+    for i, (s_w, s_l) in enumerate(zip(dataset["score_chosen"], dataset["score_rejected"])):
+        ok = (s_w is not None and s_l is not None and math.isfinite(s_w) and math.isfinite(s_l) and s_w > s_l
+              and (not ratio or s_l > 0))
+        if not ok:
+            bad.append((i, s_w, s_l))
+    if bad:
+        shown = ", ".join(f"row {i}: ({s_w}, {s_l})" for i, s_w, s_l in bad[:3])
+        raise DPORecipesError(
+            f"loss_hook='odpo' needs {rule} in every row ({'log(s_w / s_l)' if ratio else 'log(s_w - s_l)'} is "
+            f"undefined otherwise); {len(bad)} of {len(dataset)} rows in {name} break it, e.g. {shown}. Drop ties and "
+            "inverted pairs before training, or swap chosen/rejected where the scores disagree with the label.")

@@ -1,0 +1,220 @@
+"""RecipeDPOTrainer on a tiny random Llama: alpha=0 reproduces TRL exactly, hooks match an independent forward,
+scores flow through TRL's data path, metrics are logged, and impossible combinations fail with a clear message."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from tokenizers import Tokenizer, decoders, models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from trl import DPOConfig, DPOTrainer
+
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.losses import odpo_loss, rdpo_loss
+from dpo_recipes.trainer import RecipeDPOTrainer
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with a ChatML-style template: no download, ~100 tokens."""
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + list(string.printable))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def tiny_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    return LlamaForCausalLM(config)
+
+
+def pairs(n: int = 8, scores: bool = True) -> Dataset:
+    rows = []
+    for i in range(n):
+        row = {"prompt": f"Q{i}: name {i}?", "chosen": " I am Ada" + "!" * (i % 3), "rejected": f" no {i * 7}"}
+        if scores:
+            row |= {"score_chosen": 2.0 + i, "score_rejected": 1.0 + 0.5 * i}
+        rows.append(row)
+    return Dataset.from_list(rows)
+
+
+def config(tmp_path, **overrides) -> DPOConfig:
+    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                  max_steps=2, learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no",
+                  beta=0.1, use_cpu=True, disable_tqdm=True, gradient_checkpointing=False, seed=0)
+    values.update(overrides)
+    return DPOConfig(**values)
+
+
+def make(tmp_path, trainer_cls=RecipeDPOTrainer, dataset=None, peft=False, **kwargs):
+    tok = tiny_tokenizer()
+    cfg_keys = {k: kwargs.pop(k) for k in list(kwargs) if k in DPOConfig.__dataclass_fields__}
+    # Full fine-tuning needs a reference: an identical copy (TRL would otherwise reload it from the model's hub id)
+    ref_model = None if peft or cfg_keys.get("precompute_ref_log_probs") else tiny_model(tok)
+    return trainer_cls(model=tiny_model(tok), ref_model=ref_model, args=config(tmp_path, **cfg_keys),
+                       processing_class=tok,
+                       train_dataset=dataset if dataset is not None else pairs(),
+                       peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if peft else None,
+                       **kwargs)
+
+
+def first_batch(trainer):
+    return trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+
+
+def loss_and_grads(trainer, batch):
+    trainer.model.train()
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def independent_logps(model, batch):
+    """Summed completion log-probs from plain logits (no fused head), chosen half then rejected half."""
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    logp = logits[:, :-1].log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (logp * batch["completion_mask"][:, 1:]).sum(1).chunk(2)
+
+
+# --- alpha = 0 is TRL's sigmoid loss, exactly ----------------------------------------------------------------------
+SETUPS = {
+    "full_ref_model": dict(),
+    "lora_precomputed_sigmoid_sft": dict(peft=True, precompute_ref_log_probs=True, loss_type=["sigmoid", "sft"],
+                                         loss_weights=[1.0, 0.5]),
+    "lora_adapter_disabled_ref": dict(peft=True, loss_type=["sigmoid", "ipo"]),
+}
+
+
+@pytest.mark.parametrize("hook", ["odpo", "rdpo"])
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_alpha_zero_reproduces_trl_loss_and_gradients_exactly(tmp_path, hook, setup):
+    trainer = make(tmp_path, loss_hook=hook, odpo_alpha=0.0, rdpo_alpha=0.0, **SETUPS[setup])
+    batch = first_batch(trainer)
+    hooked_loss, hooked_grads = loss_and_grads(trainer, batch)
+    trainer.loss_hook = None  # the very same trainer, model and batch through TRL's own `_compute_loss`
+    trl_loss, trl_grads = loss_and_grads(trainer, batch)
+    assert torch.equal(hooked_loss, trl_loss)
+    assert hooked_grads.keys() == trl_grads.keys() and hooked_grads
+    for name in trl_grads:
+        assert torch.equal(hooked_grads[name], trl_grads[name]), name
+
+
+def test_no_hook_is_trl_dpo_trainer(tmp_path):
+    ours, theirs = make(tmp_path / "a"), make(tmp_path / "b", trainer_cls=DPOTrainer)
+    batch = first_batch(ours)
+    assert torch.equal(loss_and_grads(ours, batch)[0], loss_and_grads(theirs, batch)[0])
+    assert "score_chosen" not in batch  # no hook: TRL's batch, untouched
+
+
+# --- with alpha != 0 the hooks compute the paper's loss on the model's real log-probs -------------------------------
+@pytest.mark.parametrize("hook", ["odpo", "rdpo"])
+def test_hook_loss_matches_independent_forward(tmp_path, hook):
+    trainer = make(tmp_path, loss_hook=hook, odpo_alpha=1.0, rdpo_alpha=0.05)
+    batch = first_batch(trainer)
+    trainer.model.eval()
+    loss = trainer.compute_loss(trainer.model, dict(batch)).double()
+    chosen, rejected = independent_logps(trainer.model, batch)
+    ref_chosen, ref_rejected = independent_logps(trainer.ref_model, batch)
+    if hook == "odpo":
+        expected = odpo_loss(chosen, rejected, ref_chosen, ref_rejected, batch["score_chosen"],
+                             batch["score_rejected"], beta=0.1, alpha=1.0)
+    else:
+        lengths_w, lengths_l = batch["completion_mask"].sum(1).chunk(2)
+        expected = rdpo_loss(chosen, rejected, ref_chosen, ref_rejected, lengths_w, lengths_l, beta=0.1, alpha=0.05)
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+
+
+def test_scores_survive_tokenization_pruning_and_collation(tmp_path):
+    trainer = make(tmp_path, loss_hook="odpo", precompute_ref_log_probs=True, peft=True)
+    batch = first_batch(trainer)
+    assert batch["score_chosen"].dtype == torch.float64
+    assert {"ref_chosen_logps", "score_chosen", "score_rejected"} <= batch.keys()
+    assert torch.all(batch["score_chosen"] > batch["score_rejected"])
+
+
+def test_odpo_offset_is_alpha_log_gap_in_logged_metrics(tmp_path):
+    trainer = make(tmp_path, dataset=pairs(4), loss_hook="odpo", odpo_alpha=2.0, max_steps=1)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    expected = 2.0 * torch.log(torch.tensor([1.0, 1.5, 2.0, 2.5])).mean().item()
+    assert logged["odpo/offset"] == pytest.approx(expected, rel=1e-6)
+    assert {"odpo/accuracy", "odpo/loss", "rewards/chosen", "rewards/margins", "logps/chosen"} <= logged.keys()
+
+
+def test_rdpo_logs_length_difference_in_tokens_and_trains(tmp_path):
+    trainer = make(tmp_path, loss_hook="rdpo", rdpo_alpha=0.1, eval_strategy="steps", eval_steps=2,
+                   eval_dataset=pairs(4))
+    trainer.train()
+    train_logs = [h for h in trainer.state.log_history if "rdpo/length_diff" in h]
+    assert len(train_logs) == 2 and all(h["loss"] > 0 for h in train_logs)
+    assert any("eval_rdpo/length_diff" in h for h in trainer.state.log_history)
+    batch = first_batch(trainer)
+    lw, ll = batch["completion_mask"].sum(1).chunk(2)
+    assert {"rdpo/length_margin", "rewards/accuracies"} <= train_logs[0].keys()
+    assert torch.all(lw > 0) and torch.all(ll > 0)
+
+
+# --- errors a user can act on ---------------------------------------------------------------------------------------
+def test_odpo_without_scores_names_the_missing_column(tmp_path):
+    with pytest.raises(DPORecipesError, match=r"score_chosen.*score_rejected.*train_dataset"):
+        make(tmp_path, dataset=pairs(scores=False), loss_hook="odpo")
+
+
+@pytest.mark.parametrize("ratio,row", [(False, {"score_chosen": 1.0, "score_rejected": 1.0}),
+                                       (True, {"score_chosen": 1.0, "score_rejected": -1.0})])
+def test_odpo_rejects_scores_where_the_log_is_undefined(tmp_path, ratio, row):
+    data = pairs(3).to_list()
+    data[1] |= row
+    with pytest.raises(DPORecipesError, match="row 1"):
+        make(tmp_path, dataset=Dataset.from_list(data), loss_hook="odpo", odpo_ratio=ratio)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(use_liger_kernel=True), "use_liger_kernel"),
+    (dict(loss_type=["ipo"]), "has none"),
+    (dict(ld_alpha=0.5), "ld_alpha"),
+    (dict(use_weighting=True), "use_weighting"),
+])
+def test_hook_refuses_combinations_it_cannot_honour(tmp_path, overrides, match):
+    with pytest.raises(DPORecipesError, match=match):
+        make(tmp_path, loss_hook="rdpo", **overrides)
+
+
+def test_unknown_hook_name_is_an_error(tmp_path):
+    with pytest.raises(DPORecipesError, match="odpo"):
+        make(tmp_path, loss_hook="simpo")
+
+
+def test_trl_loss_types_pass_through_untouched_without_hook(tmp_path):
+    for i, loss_type in enumerate(["ipo", "hinge", "robust", "sigmoid_norm", "apo_zero"]):
+        kw = dict(loss_type=[loss_type], label_smoothing=0.1 if loss_type == "robust" else 0.0)
+        ours, theirs = make(tmp_path / f"a{i}", **kw), make(tmp_path / f"b{i}", trainer_cls=DPOTrainer, **kw)
+        batch = first_batch(ours)
+        assert torch.equal(loss_and_grads(ours, batch)[0], loss_and_grads(theirs, batch)[0]), loss_type
+
+
+def test_independent_logps_helper_agrees_with_trl(tmp_path):
+    # Guards the test above: the plain-logits computation matches TRL's fused head up to float32 rounding.
+    trainer = make(tmp_path)
+    batch = first_batch(trainer)
+    chosen, _ = independent_logps(trainer.model, batch)
+    trainer.model.eval()
+    trainer.compute_loss(trainer.model, dict(batch))
+    assert trainer._metrics["eval"]["logps/chosen"][-1] == pytest.approx(chosen.mean().item(), rel=1e-5)
