@@ -180,7 +180,7 @@ def _text(value, at: _Row, name: str):
     raise at.fail(name, f"expected text, got {type_name(value)}{hint}.")
 
 
-def _content(value, at: _Row, name: str) -> str:
+def _content(value, at: _Row, name: str, j: int) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
@@ -189,11 +189,11 @@ def _content(value, at: _Row, name: str) -> str:
         texts = []
         for part in value:
             if not (isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str)):
-                raise at.fail(name, "message content parts must be text ({'type': 'text', 'text': ...}); "
+                raise at.fail(name, f"message {j + 1}: content parts must be text ({{'type': 'text', 'text': ...}}); "
                                     "images and other media are not supported.")
             texts.append(part["text"])
         return "".join(texts)
-    raise at.fail(name, f"message 'content' must be text, got {type_name(value)}.")
+    raise at.fail(name, f"message {j + 1}: 'content' must be text, got {type_name(value)}.")
 
 
 def _messages(value, at: _Row, name: str, wrap_role: str):
@@ -211,7 +211,7 @@ def _messages(value, at: _Row, name: str, wrap_role: str):
         role = m.get("role")
         if not isinstance(role, str) or not role:
             raise at.fail(name, f"message {j + 1} has no 'role' (expected 'system', 'user' or 'assistant').")
-        out.append({"role": role, "content": _content(m.get("content"), at, name)})
+        out.append({"role": role, "content": _content(m.get("content"), at, name, j)})
     return out
 
 
