@@ -1,0 +1,73 @@
+"""Named presets for the loss variants, as data: the papers' settings, one reason per value.
+
+`LOSS_PRESETS` holds values for the main DPO recipe: `DPOConfig` fields plus the recipe's own loss-hook fields
+(`loss_hook`, `odpo_alpha`, `odpo_ratio`, `rdpo_alpha` of `RecipeArguments`). `dpo_recipes.presets` merges them with
+the other presets; YAML and CLI values override a preset.
+
+`VARIANT_PRESETS` holds values for the variant recipes that use another TRL trainer (ORPO, SimPO via CPO, KTO);
+each names the config class its values belong to.
+
+The papers trained 1B-8B models with full batches of 32-128; on the embedded 135M model with LoRA, keep their loss
+settings (beta, alpha, margins) and let the recipe's learning rate and batch size stand.
+"""
+
+from __future__ import annotations
+
+# R-DPO alpha grid, per completion token. Park et al. (2024) tune alpha per dataset together with beta; the grid
+# below is the one the SimPO paper (Meng et al. 2024, Table 7) searched when reproducing R-DPO as a baseline at
+# beta in {0.01, 0.05, 0.1}. Alpha multiplies the *token* length difference, so its useful scale depends on how much
+# chosen and rejected lengths differ in your data: run `dpo-recipes audit` first, and pick alpha so that
+# alpha * mean|len_w - len_l| is of the order of 1 (the size of beta * h early in training).
+RDPO_ALPHA_GRID: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)
+
+LOSS_PRESETS: dict[str, dict] = {
+    "odpo": {
+        "loss_hook": "odpo",       # Amini et al. 2024: DPO with a per-pair offset from the score gap
+        "odpo_alpha": 1.0,         # the paper's default offset scale (its code: `loss.alpha`, default 1)
+        "odpo_ratio": False,       # offset log(s_w - s_l), the form the paper reports; log(s_w / s_l) is an option
+        "beta": 0.5,               # the paper's summarization (TL;DR) run; toxicity used 0.05, sentiment 0.7
+        "loss_type": ["sigmoid"],  # the hook replaces TRL's sigmoid term; add "sft" to keep an SFT anchor
+    },
+    "rdpo": {
+        "loss_hook": "rdpo",       # Park et al. 2024, eq. 9: length margin alpha * (|y_w| - |y_l|) inside the sigmoid
+        "rdpo_alpha": 0.05,        # smallest value of the grid above: a mild correction; sweep RDPO_ALPHA_GRID
+        "beta": 0.1,               # DPO's usual beta, inside the grid's {0.01, 0.05, 0.1}
+        "loss_type": ["sigmoid"],  # the hook replaces TRL's sigmoid term
+    },
+    **{
+        f"rdpo-alpha-{alpha:g}": {
+            "loss_hook": "rdpo",
+            "rdpo_alpha": alpha,   # one point of RDPO_ALPHA_GRID, for sweeps: --preset rdpo-alpha-0.1
+            "beta": 0.1,
+            "loss_type": ["sigmoid"],
+        }
+        for alpha in RDPO_ALPHA_GRID
+    },
+    "ipo": {
+        "loss_type": ["ipo"],      # Azar et al. 2023: squared loss towards a fixed margin 1/(2 tau); no saturation
+        "beta": 0.1,               # tau; TRL averages IPO's log-ratios per token (as the authors confirmed), so
+                                   # beta is not comparable with DPO's: larger tau = smaller target margin
+    },
+}
+
+VARIANT_PRESETS: dict[str, dict] = {
+    "orpo": {
+        "config_class": "trl.experimental.orpo.ORPOConfig",
+        "beta": 0.1,               # lambda, the odds-ratio weight; Hong et al. 2024 use 0.1 (TRL's default too)
+        "max_length": 1024,        # prompt + completion tokens; TRL's default
+    },
+    "simpo": {
+        "config_class": "trl.experimental.cpo.CPOConfig",
+        "loss_type": "simpo",      # Meng et al. 2024: length-normalized reward, target margin gamma, no reference
+        "cpo_alpha": 0.0,          # no behaviour-cloning term: plain SimPO (cpo_alpha > 0 gives CPO-SimPO)
+        "beta": 2.5,               # the authors' Llama-3-8B-Instruct config; their base-model runs use 2.0
+        "simpo_gamma": 1.375,      # TRL's gamma is absolute: gamma/beta = 0.55 in that config, times beta 2.5
+        "learning_rate": 1e-6,     # the same config (full fine-tuning; LoRA usually needs a larger lr)
+    },
+    "kto": {
+        "config_class": "trl.KTOConfig",
+        "beta": 0.1,               # Ethayarajh et al. 2024's default
+        "desirable_weight": 1.0,   # pairs unpaired give as many desirable as undesirable rows: lambda_D = lambda_U
+        "undesirable_weight": 1.0,  # (re-balance them when desirable:undesirable rows are not 1:1)
+    },
+}
