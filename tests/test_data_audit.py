@@ -1,0 +1,58 @@
+"""dpo_recipes.data.audit: the length-bias figures and when rdpo is recommended."""
+
+import pytest
+from datasets import Dataset
+
+from dpo_recipes.data.audit import audit_length_bias
+
+
+def _ds(pairs, scores=None):
+    data = {"prompt": ["p"] * len(pairs), "chosen": [c for c, _ in pairs], "rejected": [r for _, r in pairs]}
+    if scores:
+        data["score_chosen"] = [a for a, _ in scores]
+        data["score_rejected"] = [b for _, b in scores]
+    return Dataset.from_dict(data)
+
+
+def test_strong_bias_when_chosen_is_usually_longer():
+    pairs = [("word " * (10 + i % 3), "word " * 4) for i in range(40)]
+    a = audit_length_bias(_ds(pairs))
+    assert a.unit == "words" and a.share_chosen_longer == 1.0 and a.share_equal == 0.0
+    assert a.mean_length_diff == pytest.approx(sum(10 + i % 3 - 4 for i in range(40)) / 40)
+    assert a.length_preference_corr > 0.9 and a.strong_bias and "--loss_hook rdpo" in a.recommendation
+
+
+def test_no_bias_when_length_does_not_predict_preference():
+    pairs = [("a b c d e f", "a b c") if i % 2 else ("a b c", "a b c d e f") for i in range(40)]
+    a = audit_length_bias(_ds(pairs))
+    assert a.share_chosen_longer == 0.5 and abs(a.length_preference_corr) < 1e-9
+    assert not a.strong_bias and "not needed" in a.recommendation
+
+
+def test_bias_towards_shorter_chosen_is_also_strong():
+    pairs = [("a", "a b c d e f g")] * 30
+    a = audit_length_bias(_ds(pairs))
+    assert a.strong_bias and "shorter" in a.recommendation
+
+
+def test_too_few_pairs_are_not_called_biased():
+    a = audit_length_bias(_ds([("a b c d", "a")] * 5))
+    assert not a.strong_bias and "too few" in a.recommendation
+
+
+def test_conversational_pairs_and_length_score_correlation():
+    pairs = [([{"role": "assistant", "content": "x " * (i + 2)}], [{"role": "assistant", "content": "x"}])
+             for i in range(25)]
+    scores = [(float(i + 2), 1.0) for i in range(25)]
+    a = audit_length_bias(_ds(pairs, scores))
+    assert a.mean_rejected_length == 1.0 and a.length_score_corr == pytest.approx(1.0)
+    assert "corr(length, score)" in a.summary()
+
+
+def test_token_unit_with_a_tokenizer():
+    class Tok:
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [list(t) for t in texts]}  # one token per character
+
+    a = audit_length_bias(_ds([("abcd", "ab")] * 3), Tok())
+    assert a.unit == "tokens" and a.mean_length_diff == 2.0
