@@ -206,3 +206,17 @@ def test_summary_fits_one_screen(tmp_path):
     rows = [_pair(i, chosen="" if i % 2 else C) for i in range(50)]
     summary = _load(tmp_path, rows).report.summary()
     assert len(summary.splitlines()) <= 20 and "empty_field" in summary and "kept 25 (50.0%)" in summary
+
+
+def test_truncation_renders_conversational_prompts_with_the_chat_template(tmp_path, word_tokenizer):
+    word_tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}> {{ m.content }} {% endfor %}"
+                                    "{% if add_generation_prompt %}<assistant> {% endif %}")
+    row = {"prompt": [{"role": "user", "content": P}], "chosen": [{"role": "assistant", "content": C}],
+           "rejected": [{"role": "assistant", "content": R}]}
+    try:
+        # 6 prompt words + <user> + <assistant> = 8; chosen 15 words + EOS = 16; 24 > 23 (22 without the template).
+        r = _load(tmp_path, [row], tokenizer=word_tokenizer, max_length=23)
+    finally:
+        word_tokenizer.chat_template = None
+    assert r.report.warnings["truncated"] == 1
+    assert r.report.examples["truncated"][0]["detail"] == "prompt 8 + completion 16 = 24 tokens > 23"

@@ -52,13 +52,6 @@ class Normalized:
     issues: list = field(default_factory=list)
     ignored_columns: list = field(default_factory=list)
 
-    @property
-    def conversational(self) -> bool:
-        """True when prompt/chosen/rejected hold message lists (TRL applies the chat template to them)."""
-        if self.format in ("conversational", "hh_rlhf"):
-            return True
-        return self.format == "implicit_prompt" and any(isinstance(c, list) for c in self.chosen[:100])
-
 
 # --- column mapping ------------------------------------------------------------------------------------------------
 
