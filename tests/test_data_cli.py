@@ -123,6 +123,12 @@ MALFORMED = {
     "score_is_text": ("d.jsonl", _line(score_chosen="high", score_rejected=1.0).encode(),
                       ["line 1", "'score_chosen'", "number"]),
     "score_pair_incomplete": ("d.jsonl", _line(score_chosen=2.0).encode(), ["'score_rejected'", "absent"]),
+    "json_object_of_splits": ("d.json", json.dumps({"train": [GOOD], "test": [GOOD]}, indent=1).encode(),
+                              ["array of row objects", "train, test"]),
+    "sharegpt_messages": ("d.jsonl", (json.dumps({"prompt": [{"from": "human", "value": "hi"}],
+                                                  "chosen": [{"role": "assistant", "content": "a"}],
+                                                  "rejected": [{"role": "assistant", "content": "b"}]}) + "\n"
+                                      ).encode(), ["line 1", "'prompt'", "ShareGPT"]),
     "unsupported_extension": ("d.txt", b"hello", ["unsupported file type"]),
     "missing_file": (None, None, ["no such file"]),
 }

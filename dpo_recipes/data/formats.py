@@ -203,7 +203,8 @@ def _messages(value, at: _Row, name: str, wrap_role: str):
             raise at.fail(name, f"message {j + 1} must be an object with 'role' and 'content', got {type_name(m)}.")
         role = m.get("role")
         if not isinstance(role, str) or not role:
-            raise at.fail(name, f"message {j + 1} has no 'role' (expected 'system', 'user' or 'assistant').")
+            hint = "; ShareGPT-style 'from'/'value' messages must be converted to 'role'/'content'" if "from" in m else ""
+            raise at.fail(name, f"message {j + 1} has no 'role' (expected 'system', 'user' or 'assistant'){hint}.")
         out.append({"role": role, "content": _content(m.get("content"), at, name, j)})
     return out
 

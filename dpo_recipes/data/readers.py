@@ -121,6 +121,10 @@ def _read_file(path: Path) -> RawRows:
                 obj = json.loads(text)
             except json.JSONDecodeError:
                 return _read_jsonl(path, text)
+            if "chosen" not in obj and any(isinstance(v, list) and v and isinstance(v[0], dict) for v in obj.values()):
+                raise DPORecipesError(
+                    f"{path}: expected a JSON array of row objects, got an object with keys {', '.join(obj)}; "
+                    "extract the array of rows (or save the rows as JSON Lines).")
             return RawRows(str(path), "json", [_check_object(path, obj, "row 1")])
         return _read_json_array(path, text)
     return _read_jsonl(path, text)
