@@ -15,7 +15,8 @@ from dpo_recipes.errors import DPORecipesError
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     from dpo_recipes.data import FORMATS, MODES
 
-    p.add_argument("path", help="a .jsonl/.json/.csv/.parquet file (optionally .gz), a save_to_disk folder, or a hub id")
+    p.add_argument("path",
+                   help="a .jsonl/.json/.csv/.parquet file (optionally .gz), a save_to_disk folder, or a hub id")
     p.add_argument("--format", "--data_format", dest="format", choices=FORMATS, default=None,
                    help="force the format instead of detecting it")
     p.add_argument("--split", default="train", help="split of a save_to_disk folder or hub dataset (default: train)")
@@ -24,7 +25,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation", choices=MODES, default="strict",
                    help="strict: drop failing rows; warn: keep them, report only; off: no row rules (default: strict)")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder or hub id (or 'smollm2-135m-instruct', the embedded default) for token counts")
+                   help="tokenizer folder or hub id ('smollm2-135m-instruct': the embedded default) for token counts")
 
 
 def _build_parser() -> argparse.ArgumentParser:

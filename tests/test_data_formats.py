@@ -125,6 +125,7 @@ def test_wrong_type_deep_in_the_file_is_found(tmp_path):
 
 def test_csv_scores_are_parsed_as_numbers(tmp_path):
     path = tmp_path / "d.csv"
-    path.write_text(f"prompt,chosen,rejected,score_chosen,score_rejected\nQ?,{A1.replace(',', '')},{A2.replace(',', '')},9,2.5\n")
+    c, r = A1.replace(",", ""), A2.replace(",", "")
+    path.write_text(f"prompt,chosen,rejected,score_chosen,score_rejected\nQ?,{c},{r},9,2.5\n")
     r = load_preference_data(str(path))
     assert (r.dataset[0]["score_chosen"], r.dataset[0]["score_rejected"]) == (9.0, 2.5)

@@ -38,7 +38,7 @@ def _only(report, rule, count=1):
     ("empty_field", {"rejected": None}),
     ("missing_prompt", {"prompt": ""}),
     ("missing_prompt", {"prompt": None}),
-    ("identical", {"rejected": "  The capital of France is Paris,\n on the river Seine,  home to roughly two million. "}),
+    ("identical", {"rejected": " The capital of France is Paris,\n on the river Seine,  home to roughly two million."}),
     ("too_short", {"chosen": "Paris is the capital of France."}),  # 31 chars < 50
     ("too_short", {"rejected": "Lyon, maybe."}),                     # 12 chars < 20
     ("too_similar", {"rejected": C.replace("Paris", "Pariz")}),

@@ -65,14 +65,16 @@ def parse_column_map(column_map: str | dict | None) -> dict[str, str]:
             if not item.strip():
                 continue
             if ":" not in item:
-                raise DPORecipesError(f"--column_map: {item.strip()!r} is not 'source:target' (e.g. 'question:prompt').")
+                raise DPORecipesError(
+                    f"--column_map: {item.strip()!r} is not 'source:target' (e.g. 'question:prompt').")
             src, dst = item.rsplit(":", 1)
             mapping[src.strip()] = dst.strip()
     else:
         mapping = dict(column_map)
     for src, dst in mapping.items():
         if dst not in TARGET_COLUMNS:
-            raise DPORecipesError(f"--column_map: target {dst!r} (from {src!r}) must be one of {', '.join(TARGET_COLUMNS)}.")
+            raise DPORecipesError(
+                f"--column_map: target {dst!r} (from {src!r}) must be one of {', '.join(TARGET_COLUMNS)}.")
     if len(set(mapping.values())) != len(mapping):
         raise DPORecipesError(f"--column_map: two source columns map to the same target: {mapping}.")
     return mapping
@@ -181,7 +183,8 @@ def _content(value, at: _Row, name: str, j: int) -> str:
     if isinstance(value, list):  # content parts: [{"type": "text", "text": ...}]
         texts = []
         for part in value:
-            if not (isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str)):
+            is_text = isinstance(part, dict) and part.get("type", "text") == "text"
+            if not (is_text and isinstance(part.get("text"), str)):
                 raise at.fail(name, f"message {j + 1}: content parts must be text ({{'type': 'text', 'text': ...}}); "
                                     "images and other media are not supported.")
             texts.append(part["text"])
@@ -203,7 +206,8 @@ def _messages(value, at: _Row, name: str, wrap_role: str):
             raise at.fail(name, f"message {j + 1} must be an object with 'role' and 'content', got {type_name(m)}.")
         role = m.get("role")
         if not isinstance(role, str) or not role:
-            hint = "; ShareGPT-style 'from'/'value' messages must be converted to 'role'/'content'" if "from" in m else ""
+            hint = ("; ShareGPT-style 'from'/'value' messages must be converted to 'role'/'content'"
+                    if "from" in m else "")
             raise at.fail(name, f"message {j + 1} has no 'role' (expected 'system', 'user' or 'assistant'){hint}.")
         out.append({"role": role, "content": _content(m.get("content"), at, name, j)})
     return out
