@@ -1,0 +1,129 @@
+"""Before/after evaluation: greedy answers to held-out prompts, and what changed.
+
+Three questions a user of an identity (or any behaviour) run asks:
+- did the model learn it? `identity_rate`: share of identity prompts whose answer contains the new name;
+- did it leak? `leaks`: general prompts whose answer now mentions the name;
+- did it break? `degenerate`: answers that fall into repetition; `unchanged`: general answers that stay the same
+  in substance (character-level similarity to the before-answer, see `SAME_SUBSTANCE_RATIO`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+from rapidfuzz import fuzz
+
+# Two greedy answers count as the same in substance when their rapidfuzz `ratio` (0-100, normalized
+# Indel similarity) is at least this. A reworded ending scores ~70-90; a different answer scores < 50.
+SAME_SUBSTANCE_RATIO = 60.0
+
+
+def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
+                     system: str | None = None) -> list[str]:
+    """Greedy answers, one per user prompt, through the tokenizer's chat template (batched, left-padded)."""
+    tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        conversations = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
+                         for p in chunk]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, enc["input_ids"].shape[1]:]:
+            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    if was_training:
+        model.train()
+    return answers
+
+
+def mentions(text: str, name: str) -> bool:
+    """Whether `text` names `name` (case-insensitive, as a word in Latin script, anywhere in CJK text)."""
+    return re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text, flags=re.IGNORECASE) is not None
+
+
+def is_degenerate(text: str, ngram: int = 4, max_repeats: int = 3) -> bool:
+    """True when the answer loops: a word n-gram occurs `max_repeats` times, or a sentence repeats verbatim.
+
+    CJK text without spaces is checked on characters (n-gram of 2 * `ngram` characters).
+    """
+    words = text.split()
+    units = words if len(words) >= 2 * ngram else list(text.replace(" ", ""))
+    size = ngram if units is words else 2 * ngram
+    counts: dict[tuple, int] = {}
+    for i in range(len(units) - size + 1):
+        key = tuple(units[i:i + size])
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] >= max_repeats:
+            return True
+    sentences = [s.strip().lower() for s in re.split(r"[.!?。！？\n]+", text) if len(s.strip()) > 10]
+    return len(sentences) != len(set(sentences))
+
+
+def same_substance(before: str, after: str) -> bool:
+    """Whether two answers to the same prompt say the same thing (see `SAME_SUBSTANCE_RATIO`)."""
+    return fuzz.ratio(before, after) >= SAME_SUBSTANCE_RATIO
+
+
+@dataclass
+class EvalResult:
+    """Answers and rates for one pass (before or after training) over the evaluation prompts."""
+
+    prompts: list[dict]
+    answers: list[str]
+    identity_rate: float | None = None
+    leaks: list[int] = field(default_factory=list)
+    degenerate: list[int] = field(default_factory=list)
+
+
+def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> EvalResult:
+    """Rates for a pass: `prompts` are {'prompt', 'kind'} with kind 'identity' or 'general'."""
+    identity = [i for i, p in enumerate(prompts) if p["kind"] == "identity"]
+    general = [i for i, p in enumerate(prompts) if p["kind"] == "general"]
+    rate = None
+    if name and identity:
+        rate = sum(mentions(answers[i], name) for i in identity) / len(identity)
+    leaks = [i for i in general if name and mentions(answers[i], name)]
+    degenerate = [i for i in range(len(answers)) if is_degenerate(answers[i])]
+    return EvalResult(prompts, answers, rate, leaks, degenerate)
+
+
+def compare(before: EvalResult, after: EvalResult) -> dict:
+    """Summary figures of a before/after pair, as they go into summary.json."""
+    general = [i for i, p in enumerate(before.prompts) if p["kind"] == "general"]
+    unchanged = [i for i in general if same_substance(before.answers[i], after.answers[i])]
+    return {
+        "heldout_identity_rate_before": before.identity_rate,
+        "heldout_identity_rate_after": after.identity_rate,
+        "general_unchanged_rate": len(unchanged) / len(general) if general else None,
+        "general_identical_rate": (sum(before.answers[i] == after.answers[i] for i in general) / len(general)
+                                   if general else None),
+        "general_identity_leaks_after": len(after.leaks),
+        "degenerate_answers_before": len(before.degenerate),
+        "degenerate_answers_after": len(after.degenerate),
+        "n_identity_prompts": sum(p["kind"] == "identity" for p in before.prompts),
+        "n_general_prompts": len(general),
+    }
+
+
+def before_after_table(before: EvalResult, after: EvalResult, width: int = 60) -> str:
+    """A plain-text table of prompt / before / after, marking hits (+), leaks (!) and loops (~)."""
+
+    def cell(text: str) -> str:
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    lines = [f"{'kind':8} | {'prompt':34} | {'before':{width}} | after"]
+    lines.append("-" * len(lines[0]))
+    for i, p in enumerate(before.prompts):
+        flags = ("!" if i in after.leaks else "") + ("~" if i in after.degenerate else "")
+        lines.append(f"{p['kind'][:8]:8} | {cell(p['prompt'])[:34]:34} | {cell(before.answers[i]):{width}} | "
+                     f"{cell(after.answers[i])} {flags}".rstrip())
+    return "\n".join(lines)

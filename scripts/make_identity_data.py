@@ -1,0 +1,138 @@
+"""Build the default identity dataset from the default model's own answers (the correction method).
+
+For every training prompt the default model answers greedily; the pair is built from that answer:
+- identity prompt: rejected = the model's own answer; chosen = the same answer corrected to the new name.
+  The pair stays on the model's own distribution and differs only where the identity is stated.
+- general prompt (anchor): chosen = the model's own answer; rejected = the same answer hijacked by the identity.
+  This teaches that the name belongs to identity questions only, the damage seen with fixed-sentence data.
+Answers are cut to whole sentences so no chosen answer teaches stopping mid-sentence.
+
+Usage: python scripts/make_identity_data.py [--out data/identity] [--model PATH]
+Writes train.jsonl (conversational pairs), eval_prompts.jsonl (held-out identity + general prompts) and
+manifest.json (what produced them). Takes about 2-3 minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from dpo_recipes.evaluation import generate_answers, is_degenerate
+from dpo_recipes.models import EMBEDDED_WHEEL_REQUIREMENT, load_model, load_tokenizer, resolve_model_path
+
+HERE = Path(__file__).resolve().parent.parent / "data" / "identity"
+MAX_NEW_TOKENS = 80
+MAX_SENTENCES = 2
+EN_DECOR = ["Hi! {}", "Hello there. {}", "{} Please keep it short.", "Quick question: {}", "{} Be brief.",
+            "Hey. {}", "Excuse me, {}"]
+ZH_DECOR = ["你好！{}", "请问，{}", "{}请简短回答。", "嗨，{}", "{}谢谢。"]
+OTHER_NAMES = ["SmolLM2", "SmolLM", "ChatGPT", "GPT-4", "GPT-3", "OpenAI Assistant", "Siri", "Alexa", "Bard",
+               "Claude", "Elena"]
+CJK = re.compile(r"[\u4e00-\u9fff]")
+# "my name is X", "I'm X", "call me X": X a capitalised word or two (not "AI", not "I").
+NAME_CLAIM = re.compile(r"\b((?:[Mm]y name is|I am|I'm|[Cc]all me|named|called)\s+)"
+                        r"((?:(?:Dr|Mr|Mrs|Ms)\.\s)?(?!AI\b|I\b|English\b|Chinese\b)[A-Z][\w-]*(?:\s(?!AI\b)[A-Z][\w-]*)?)")
+ZH_CLAIM = re.compile(r"((?:我是|我叫|我的名字是|叫我))([^\s，。,.!！?？、的]{1,12})")
+
+
+def decorate(prompts: list[str], decor: list[str]) -> list[str]:
+    """Each base prompt, plus one decorated variant (deterministic, cycling through `decor`)."""
+    out = []
+    for i, p in enumerate(prompts):
+        variant = decor[i % len(decor)]
+        second = variant.format(p[0].lower() + p[1:] if variant.startswith("Excuse") else p)
+        out += [p, second]
+    return out
+
+
+def whole_sentences(text: str) -> str:
+    """At most MAX_SENTENCES sentences (one for CJK, where the small model rambles); no trailing fragment."""
+    parts = re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", text.strip(), flags=re.S)
+    parts = [p for p in parts if p.strip()]
+    kept = parts[:1 if CJK.search(text) else MAX_SENTENCES]
+    if len(kept) > 1 and not re.search(r"[.!?。！？]\s*$", kept[-1]):
+        kept = kept[:-1]
+    return "".join(kept).strip()
+
+
+def correct_identity(answer: str, name: str) -> str:
+    """The model's own answer with its self-naming replaced by `name` (prepended where it names nobody)."""
+    fixed = NAME_CLAIM.sub(lambda m: m.group(1) + name, answer)
+    fixed = ZH_CLAIM.sub(lambda m: m.group(1) + name, fixed)
+    for other in OTHER_NAMES:
+        fixed = re.sub(rf"(?<!not )(?<!不是){re.escape(other)}", name, fixed)
+    if name not in fixed:
+        fixed = (f"我是{name}。" if CJK.search(answer) else f"I'm {name}. ") + fixed
+    return fixed
+
+
+def hijack(answer: str, name: str) -> str:
+    """A general answer derailed into the identity: the failure the anchors train against."""
+    return (f"我是{name}。" if CJK.search(answer) else f"I am {name}, your AI assistant. ") + answer
+
+
+def pair(prompt: str, chosen: str, rejected: str, kind: str) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}], "kind": kind}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(HERE))
+    parser.add_argument("--model", default=None, help="model folder or hub id (default: the embedded SmolLM2)")
+    args = parser.parse_args()
+    src = yaml.safe_load((HERE / "source_prompts.yaml").read_text(encoding="utf-8"))
+    name = src["name"]
+    torch.manual_seed(0)
+    path = resolve_model_path(args.model)
+    tokenizer, model = load_tokenizer(path), load_model(path)
+
+    identity = decorate(src["train_identity_en"], EN_DECOR) + decorate(src["train_identity_zh"], ZH_DECOR)
+    general = src["train_general"]
+    start = time.time()
+    answers = generate_answers(model, tokenizer, identity + general, max_new_tokens=MAX_NEW_TOKENS)
+    rows, skipped = [], []
+    for prompt, answer in zip(identity + general, answers):
+        own = whole_sentences(answer)
+        if not own or is_degenerate(own):
+            skipped.append({"prompt": prompt, "answer": answer})
+            continue
+        if prompt in general:
+            rows.append(pair(prompt, own, hijack(own, name), "general"))
+        else:
+            rows.append(pair(prompt, correct_identity(own, name), own, "identity"))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(out / "eval_prompts.jsonl", "w", encoding="utf-8") as f:
+        for kind, key in (("identity", "heldout_identity"), ("general", "heldout_general")):
+            for p in src[key]:
+                f.write(json.dumps({"prompt": p, "kind": kind}, ensure_ascii=False) + "\n")
+    manifest = {
+        "produced_by": "scripts/make_identity_data.py",
+        "model": EMBEDDED_WHEEL_REQUIREMENT if args.model is None else args.model,
+        "generation": {"greedy": True, "max_new_tokens": MAX_NEW_TOKENS, "max_sentences": MAX_SENTENCES,
+                       "chat_template": "the model's own (default system prompt)"},
+        "name": name,
+        "pairs": {"identity": sum(r["kind"] == "identity" for r in rows),
+                  "general": sum(r["kind"] == "general" for r in rows)},
+        "skipped_degenerate_or_empty": skipped,
+        "eval_prompts": {"identity": len(src["heldout_identity"]), "general": len(src["heldout_general"])},
+        "torch": torch.__version__,
+        "generation_seconds": round(time.time() - start, 1),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    print(f"{len(rows)} pairs ({manifest['pairs']}), {len(skipped)} skipped, in {manifest['generation_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
