@@ -71,3 +71,8 @@ VARIANT_PRESETS: dict[str, dict] = {
         "undesirable_weight": 1.0,  # (re-balance them when desirable:undesirable rows are not 1:1)
     },
 }
+
+
+def variant_defaults(name: str) -> dict:
+    """The values of `VARIANT_PRESETS[name]` for its config class (without the `config_class` label)."""
+    return {k: v for k, v in VARIANT_PRESETS[name].items() if k != "config_class"}

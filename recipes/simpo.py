@@ -1,0 +1,86 @@
+"""SimPO: reference-free preference tuning with a length-normalized reward (Meng et al. 2024), via TRL's CPOTrainer.
+
+SimPO's reward is beta times the *average* per-token log-prob of an answer, and the loss asks the chosen reward to
+beat the rejected one by a margin gamma: -log sigma(beta/|y_w| log pi(y_w) - beta/|y_l| log pi(y_l) - gamma).
+TRL implements it as CPOTrainer with `loss_type="simpo"`; `cpo_alpha=0` drops CPO's behaviour-cloning term (plain
+SimPO). TRL's `simpo_gamma` is gamma itself, not the paper's gamma/beta ratio.
+
+    python recipes/simpo.py                                     # embedded SmolLM2 + the identity pairs, LoRA
+    python recipes/simpo.py --config recipes/configs/simpo.yaml --dataset_name my_pairs.jsonl --max_steps 200
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from transformers import set_seed
+from trl import ModelConfig, TrlParser, get_peft_config
+from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+from dpo_recipes.config import RecipeArguments
+from dpo_recipes.data import REPORT_FILENAME, load_preference_data
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.loss_presets import variant_defaults
+from dpo_recipes.models import load_model_and_tokenizer
+
+logger = logging.getLogger(__name__)
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "identity" / "train.jsonl"
+# A run with no config: SimPO's settings (dpo_recipes.loss_presets) + LoRA on the embedded model. YAML/CLI override.
+DEFAULTS = {**variant_defaults("simpo"), "output_dir": "runs/simpo", "learning_rate": 1e-4, "num_train_epochs": 3,
+            "per_device_train_batch_size": 4, "logging_steps": 5, "save_strategy": "no", "report_to": "none",
+            "use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear",
+            "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported()}  # TRL's bf16 default fails on CPU
+
+
+def main(script_args: RecipeArguments, training_args: CPOConfig, model_args: ModelConfig):
+    # 1. Seed and logging ------------------------------------------------------------------------------------------
+    set_seed(training_args.seed)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    # 2. Model and tokenizer (no model given: the embedded SmolLM2-135M-Instruct) --------------------------------
+    model, tokenizer, model_path = load_model_and_tokenizer(model_args)
+    logger.info("Model: %s", model_path)
+
+    # 3. Data: read, normalize and validate the pairs; the report says what was dropped and why -------------------
+    data = load_preference_data(script_args.dataset_name or str(DEFAULT_DATA), split=script_args.dataset_train_split,
+                                data_format=script_args.data_format, column_map=script_args.column_map,
+                                validation=script_args.validation)
+    print(data.report.summary())
+    data.report.save(Path(training_args.output_dir) / REPORT_FILENAME)
+    train_dataset = data.dataset.select_columns(["prompt", "chosen", "rejected"])  # SimPO ignores scores
+    if script_args.max_train_samples:
+        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+
+    # 4. Trainer: SimPO is CPO's "simpo" loss; no reference model ---------------------------------------------------
+    if training_args.loss_type != "simpo":
+        raise DPORecipesError(f"recipes/simpo.py runs SimPO, but loss_type={training_args.loss_type!r}; set "
+                              "loss_type: simpo (TRL's CPOTrainer runs the other CPO losses).")
+    if training_args.cpo_alpha:
+        logger.warning("cpo_alpha=%s adds CPO's behaviour-cloning term: this is CPO-SimPO, not plain SimPO.",
+                       training_args.cpo_alpha)
+    trainer = CPOTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
+                         peft_config=get_peft_config(model_args))
+
+    # 5. Train and save ------------------------------------------------------------------------------------------
+    result = trainer.train()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    logger.info("Saved to %s", training_args.output_dir)
+
+
+def parse(argv: list[str] | None = None):
+    """The recipe's arguments: DEFAULTS, then --config YAML, then CLI flags (argv; None reads sys.argv)."""
+    parser = TrlParser((RecipeArguments, CPOConfig, ModelConfig))
+    parser.set_defaults(**DEFAULTS)
+    return parser.parse_args_and_config(args=argv)
+
+
+if __name__ == "__main__":
+    try:
+        main(*parse())
+    except DPORecipesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
