@@ -26,20 +26,19 @@ LOSS_PRESETS: dict[str, dict] = {
         "odpo_alpha": 1.0,         # the paper's default offset scale (its code: `loss.alpha`, default 1)
         "odpo_ratio": False,       # offset log(s_w - s_l), the form the paper reports; log(s_w / s_l) is an option
         "beta": 0.5,               # the paper's summarization (TL;DR) run; toxicity used 0.05, sentiment 0.7
-        "loss_type": ["sigmoid"],  # the hook replaces TRL's sigmoid term; add "sft" to keep an SFT anchor
+        # no loss_type: the hook replaces the 'sigmoid' entry of whatever list the base preset has (e.g. the
+        # identity run's [sigmoid, sft] becomes [odpo, sft])
     },
     "rdpo": {
         "loss_hook": "rdpo",       # Park et al. 2024, eq. 9: length margin alpha * (|y_w| - |y_l|) inside the sigmoid
         "rdpo_alpha": 0.05,        # smallest value of the grid above: a mild correction; sweep RDPO_ALPHA_GRID
         "beta": 0.1,               # DPO's usual beta, inside the grid's {0.01, 0.05, 0.1}
-        "loss_type": ["sigmoid"],  # the hook replaces TRL's sigmoid term
     },
     **{
         f"rdpo-alpha-{alpha:g}": {
             "loss_hook": "rdpo",
             "rdpo_alpha": alpha,   # one point of RDPO_ALPHA_GRID, for sweeps: --preset rdpo-alpha-0.1
             "beta": 0.1,
-            "loss_type": ["sigmoid"],
         }
         for alpha in RDPO_ALPHA_GRID
     },
