@@ -6,9 +6,13 @@ TRL's own flags (`--dataset_name`, `--learning_rate`, `--lora_r`, ...) keep thei
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from trl import ScriptArguments
+
+from dpo_recipes.errors import DPORecipesError
 
 
 @dataclass
@@ -77,3 +81,69 @@ class RecipeArguments(ScriptArguments):
     rdpo_alpha: float = field(
         default=0.01, metadata={"help": "R-DPO length penalty per completion token (Park et al. 2024, eq. 9)."}
     )
+
+    # --- validation thresholds (dpo_recipes.data.ValidationConfig) ------------------------------------------------
+    min_chosen_chars: int = field(default=50, metadata={"help": "Drop pairs whose chosen text is shorter (chars)."})
+    min_rejected_chars: int = field(
+        default=20, metadata={"help": "Drop pairs whose rejected text is shorter (chars)."}
+    )
+    max_similarity: float | None = field(
+        default=0.9,
+        metadata={"help": "Drop pairs whose chosen/rejected similarity (rapidfuzz ratio, 0-1) is above this; "
+                  "None disables the filter."},
+    )
+    drop_truncated: bool = field(
+        default=False, metadata={"help": "Drop (instead of only counting) pairs longer than max_length tokens."}
+    )
+
+    def validation_config(self):
+        """The data layer's ValidationConfig for these arguments."""
+        from dpo_recipes.data import ValidationConfig
+
+        return ValidationConfig(min_chosen_chars=self.min_chosen_chars, min_rejected_chars=self.min_rejected_chars,
+                                max_similarity=self.max_similarity, drop_truncated=self.drop_truncated)
+
+
+def _peek_preset(argv: list[str]) -> str | None:
+    """The preset named on the command line, else in the YAML given with --config (needed before parsing)."""
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    if "--config" in argv:
+        import yaml
+
+        path = argv[argv.index("--config") + 1]
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise DPORecipesError(f"--config {path}: cannot read the YAML file ({exc}).") from None
+        if not isinstance(config, dict):
+            raise DPORecipesError(f"--config {path}: the YAML file must hold a mapping of argument: value.")
+        return config.get("preset")
+    return None
+
+
+def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] | None = None,
+                      dataclass_types: tuple | None = None):
+    """Parse a recipe's arguments: hardware defaults < preset < YAML (`--config`) < command line.
+
+    With no `--config`, `default_config` is used, so a recipe run without arguments is its default run.
+    `--preset a,b` overlays presets left to right (e.g. `identity-lora-cpu,rdpo`).
+    Returns the dataclass instances, (RecipeArguments, DPOConfig, ModelConfig) by default.
+    """
+    from trl import DPOConfig, ModelConfig, TrlParser
+
+    from dpo_recipes.presets import preset_defaults
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in argv and default_config is not None:
+        argv = ["--config", str(default_config), *argv]
+    parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, ModelConfig))
+    parser.set_defaults_with_config(**preset_defaults(_peek_preset(argv)))
+    try:
+        return parser.parse_args_and_config(argv)
+    except ValueError as exc:  # TrainingArguments' own checks, e.g. --bf16 on a machine without bf16
+        raise DPORecipesError(f"Invalid arguments: {exc}") from None

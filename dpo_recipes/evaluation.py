@@ -9,11 +9,14 @@ Three questions a user of an identity (or any behaviour) run asks:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
 import torch
 from rapidfuzz import fuzz
+
+from dpo_recipes.errors import DPORecipesError
 
 # Two greedy answers count as the same in substance when their rapidfuzz `ratio` (0-100, normalized
 # Indel similarity) is at least this. A reworded ending scores ~70-90; a different answer scores < 50.
@@ -127,3 +130,35 @@ def before_after_table(before: EvalResult, after: EvalResult, width: int = 60) -
         lines.append(f"{p['kind'][:8]:8} | {cell(p['prompt'])[:34]:34} | {cell(before.answers[i]):{width}} | "
                      f"{cell(after.answers[i])} {flags}".rstrip())
     return "\n".join(lines)
+
+
+def load_eval_prompts(path: str | None) -> list[dict]:
+    """Read a JSONL of {'prompt': str, 'kind': 'identity'|'general'}; [] when `path` is None."""
+    if not path:
+        return []
+    prompts = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DPORecipesError(f"{path}:{number}: invalid JSON ({exc.msg}).") from None
+                if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                    raise DPORecipesError(f"{path}:{number}: field 'prompt' must be a string.")
+                if row.get("kind", "general") not in ("identity", "general"):
+                    raise DPORecipesError(f"{path}:{number}: field 'kind' must be 'identity' or 'general'.")
+                prompts.append({"prompt": row["prompt"], "kind": row.get("kind", "general")})
+    except OSError as exc:
+        raise DPORecipesError(f"{path}: cannot read the evaluation prompts ({exc.strerror}).") from None
+    return prompts
+
+
+def evaluate_prompts(model, tokenizer, prompts: list[dict], recipe_args) -> EvalResult:
+    """Greedy answers to `prompts` scored against `recipe_args.identity_name` (an empty result for no prompts)."""
+    answers = generate_answers(model, tokenizer, [p["prompt"] for p in prompts],
+                               max_new_tokens=recipe_args.eval_max_new_tokens,
+                               batch_size=recipe_args.eval_batch_size) if prompts else []
+    return score_answers(prompts, answers, recipe_args.identity_name)

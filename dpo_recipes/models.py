@@ -189,3 +189,22 @@ def load_model_and_tokenizer(model_args, trust_remote_code: bool = False, cache_
     model = load_model(path, dtype=model_args.dtype, revision=model_args.model_revision,
                        attn_implementation=model_args.attn_implementation, trust_remote_code=trust_remote_code)
     return model, tokenizer, path
+
+
+def merge_adapter(peft_model, tokenizer, out_dir: str | Path) -> Path:
+    """Write base + LoRA adapter merged into plain weights (safetensors) with the tokenizer, for serving.
+
+    Merges a copy, so the trained PEFT model is left as it was.
+    """
+    import copy
+
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+        Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now moved) name
+    return out_dir

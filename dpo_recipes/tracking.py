@@ -5,13 +5,13 @@ Nothing here prints or logs a secret: the W&B key is only tested for presence.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
-import tempfile
 from importlib import metadata
 from pathlib import Path
+
+from dpo_recipes.jsonio import write_json_atomic, write_jsonl_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -55,28 +55,30 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> Path:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_log_history(log_history: list[dict], output_dir: str | Path) -> Path:
     """Every logged step of TRL's metrics (loss, rewards/*, logps/*, ...) as OUTPUT_DIR/metrics.jsonl."""
-    path = Path(output_dir) / "metrics.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for entry in log_history:
-            f.write(json.dumps(entry) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_jsonl_atomic(Path(output_dir) / "metrics.jsonl", log_history)
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest `checkpoint-N` folder in `output_dir` to resume from, as the handbook's scripts do."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The global step a `checkpoint-N` folder was saved at (0 for no checkpoint)."""
+    if not checkpoint:
+        return 0
+    tail = Path(checkpoint).name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def write_summary(output_dir: str | Path, summary: dict, before=None, after=None) -> Path:
+    """OUTPUT_DIR/summary.json, plus the before/after answers as OUTPUT_DIR/eval_answers.jsonl."""
+    if before is not None and after is not None and before.prompts:
+        write_jsonl_atomic(Path(output_dir) / "eval_answers.jsonl",
+                           ({**p, "before": before.answers[i], "after": after.answers[i]}
+                            for i, p in enumerate(before.prompts)))
+    return write_json_atomic(Path(output_dir) / "summary.json", summary)

@@ -191,7 +191,7 @@ def test_report_save_is_atomic_and_complete(tmp_path, monkeypatch):
         assert key in data
     assert data["examples"]["empty_field"][0]["row"] == 2
 
-    import dpo_recipes.data.jsonio as jsonio
+    import dpo_recipes.jsonio as jsonio
 
     def boom(*a, **k):
         raise OSError("disk full")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpo_recipes.data.jsonio import write_json_atomic
+from dpo_recipes.jsonio import write_json_atomic
 from dpo_recipes.data.lengths import count_tokens
 
 # Defaults for calling a bias "strong": chosen longer in >= 60% (or <= 40%) of the pairs whose lengths differ,

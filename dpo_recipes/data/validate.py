@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dpo_recipes.data.formats import Normalized
-from dpo_recipes.data.jsonio import write_json_atomic
+from dpo_recipes.jsonio import write_json_atomic
 from dpo_recipes.data.lengths import completion_token_counts, count_tokens, prompt_token_counts
 from dpo_recipes.data.readers import RawRows
 from dpo_recipes.errors import DPORecipesError

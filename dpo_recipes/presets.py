@@ -1,0 +1,111 @@
+"""Named presets: DPOConfig / ModelConfig / recipe values as data, with the reason for each value.
+
+A recipe resolves its preset into parser defaults, so the order of precedence is
+hardware defaults < preset < YAML (`--config`) < command line. Presets never set precision: that comes from
+`hardware_defaults()`, so no preset fails on a machine without bf16 ("Your setup doesn't support bf16/gpu").
+"""
+
+from __future__ import annotations
+
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.loss_presets import LOSS_PRESETS
+
+# LoRA settings shared by the LoRA presets (ModelConfig fields).
+_LORA = {
+    "use_peft": True,
+    "lora_r": 16,                      # enough capacity for a behaviour change; r=8 learned the identity slower
+    "lora_alpha": 32,                  # alpha = 2r: the usual scale, update magnitude independent of r
+    "lora_dropout": 0.0,               # dropout adds noise to a short run and buys nothing on 100s of pairs
+    "lora_target_modules": ["all-linear"],  # attention and MLP: identity lives in more than q/v
+}
+
+PRESETS: dict[str, dict] = {
+    # The default run: teach SmolLM2-135M-Instruct a new identity on a 2-core CPU in minutes. Chosen by the
+    # sweep in experiments/identity_sweep.md; each value's reason cites what the sweep showed.
+    "identity-lora-cpu": {
+        **_LORA,
+        "loss_type": ["sigmoid", "sft"],  # DPO alone reached reward accuracy 1.0 without moving greedy answers
+        "loss_weights": [1.0, 1.0],      # (0/8); the SFT term on chosen makes the corrected answer the greedy one
+        "beta": 0.1,                     # the usual DPO beta
+        "learning_rate": 2e-4,           # LoRA on 135M params; 5e-4 collapsed the model in the seed's runs
+        "max_steps": 30,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 2,
+        "max_length": 256,               # prompt + completion tokens; the default data is < 200
+        "precompute_ref_log_probs": True,  # one no-grad pass over the data instead of a reference forward per step
+        "precompute_ref_batch_size": 32,
+        "gradient_checkpointing": False,  # 135M fits easily; checkpointing would cost ~20-30% speed for nothing
+        "logging_steps": 5,
+        "save_strategy": "steps",
+        "save_steps": 10,                # a checkpoint to resume from every 10 steps
+        "save_total_limit": 1,
+        "seed": 42,
+        "report_to": ["wandb"],          # offline when no W&B key (see dpo_recipes.tracking)
+    },
+    # LoRA DPO on a GPU for a 0.5-8B instruct model and a real preference set (UltraFeedback-like).
+    "lora-gpu": {
+        **_LORA,
+        "loss_type": ["sigmoid"],
+        "beta": 0.1,                     # DPO paper / Zephyr; 0.1-0.5 is the working range
+        "learning_rate": 5e-6,           # LoRA needs ~10x the full-parameter lr (TRL's LoRA example uses 5e-6)
+        "num_train_epochs": 1,           # 1-3 epochs; DPO overfits fast, start with 1
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 8,  # effective batch 32 per device, as in the handbook's recipes
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1,
+        "max_length": 1024,              # 512-1024 covers most chat preference data; audit with `dpo-recipes validate`
+        "gradient_checkpointing": True,  # memory, not speed, is what limits batch size on a GPU
+        "logging_steps": 10,
+        "save_strategy": "steps",
+        "save_steps": 200,
+        "report_to": ["wandb"],
+    },
+    # Full-parameter DPO (DeepSpeed ZeRO-3 or FSDP on several GPUs), the Zephyr / alignment-handbook recipe.
+    "full-gpu": {
+        "use_peft": False,
+        "loss_type": ["sigmoid"],
+        "beta": 0.1,                     # Zephyr-7B-beta's value
+        "learning_rate": 5e-7,           # full-parameter range 1e-7 to 5e-6; the handbook's zephyr recipe uses 5e-7
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 8,
+        "gradient_accumulation_steps": 2,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.1,
+        "max_length": 1024,
+        "gradient_checkpointing": True,
+        "logging_steps": 10,
+        "save_strategy": "steps",
+        "save_steps": 100,
+        "save_total_limit": 1,
+        "report_to": ["wandb"],
+    },
+    **LOSS_PRESETS,
+}
+
+DEFAULT_PRESET = "identity-lora-cpu"
+
+
+def hardware_defaults() -> dict:
+    """Precision for the machine at hand: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        bf16 = torch.cuda.is_bf16_supported()
+        return {"bf16": bf16, "fp16": not bf16}
+    return {"bf16": False, "fp16": False}
+
+
+def preset_defaults(names: str | None = None) -> dict:
+    """Hardware defaults overlaid with the presets in `names` ('a,b': b's values win), default: DEFAULT_PRESET."""
+    values = hardware_defaults()
+    for name in (names or DEFAULT_PRESET).split(","):
+        name = name.strip()
+        if name not in PRESETS:
+            raise DPORecipesError(f"Unknown preset {name!r}. Known presets: {', '.join(sorted(PRESETS))}.")
+        preset = PRESETS[name]
+        if "loss_type" in preset and "loss_weights" not in preset:
+            values.pop("loss_weights", None)  # weights belong to the loss list they were written for
+        values.update(preset)
+    return values
