@@ -1,0 +1,69 @@
+"""Presets resolve to parser defaults that construct on this machine, in the documented precedence."""
+
+import pytest
+
+from dpo_recipes.config import parse_recipe_args
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.presets import DEFAULT_PRESET, PRESETS, hardware_defaults, preset_defaults
+
+
+def test_hardware_defaults_never_ask_for_bf16_without_a_gpu():
+    import torch
+
+    defaults = hardware_defaults()
+    if not torch.cuda.is_available():
+        assert defaults == {"bf16": False, "fp16": False}
+
+
+def test_no_preset_sets_precision():
+    for name, values in PRESETS.items():
+        assert not {"bf16", "fp16"} & set(values), name
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_a_dpo_config_here(name, tmp_path):
+    _, training_args, model_args = parse_recipe_args(None, ["--output_dir", str(tmp_path), "--preset", name])
+    assert training_args.output_dir == str(tmp_path)
+    if "learning_rate" in PRESETS[name]:
+        assert training_args.learning_rate == PRESETS[name]["learning_rate"]
+
+
+def test_precedence_is_preset_then_yaml_then_cli(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 0.001\nbeta: 0.3\noutput_dir: " + str(tmp_path) + "\n")
+    _, args, _ = parse_recipe_args(None, ["--config", str(config), "--beta", "0.2"])
+    assert args.learning_rate == 0.001  # YAML over preset
+    assert args.beta == 0.2  # CLI over YAML
+    assert args.max_steps == PRESETS[DEFAULT_PRESET]["max_steps"]  # preset where neither speaks
+
+
+def test_overlaying_a_loss_preset_drops_weights_written_for_another_loss_list():
+    values = preset_defaults(f"{DEFAULT_PRESET},ipo")
+    assert values["loss_type"] == ["ipo"]
+    assert "loss_weights" not in values
+    assert values["use_peft"] is True  # the base preset's LoRA settings survive the overlay
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(DPORecipesError, match="identity-lora-cpu"):
+        preset_defaults("nope")
+
+
+def test_bf16_on_a_cpu_is_a_clear_error_not_a_traceback(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU machine may support bf16")
+    with pytest.raises(DPORecipesError, match="bf16"):
+        parse_recipe_args(None, ["--output_dir", str(tmp_path), "--bf16", "true"])
+
+
+def test_default_config_parses_with_safe_defaults():
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "dpo_lora.yaml"
+    recipe_args, training_args, model_args = parse_recipe_args(config, [])
+    assert training_args.trust_remote_code is False
+    assert model_args.model_name_or_path is None  # the embedded default
+    assert recipe_args.identity_name == "Athene"
+    assert training_args.loss_type == PRESETS[DEFAULT_PRESET]["loss_type"]
