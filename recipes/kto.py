@@ -10,19 +10,18 @@ desirable row (its chosen answer) and an undesirable one (its rejected answer), 
 """
 
 import logging
-import sys
 from pathlib import Path
 
-import torch
 from transformers import set_seed
 from trl import KTOConfig, KTOTrainer, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import unpair_preference_dataset
 
 from dpo_recipes.config import RecipeArguments
 from dpo_recipes.data import REPORT_FILENAME, load_preference_data
-from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.errors import exit_on_user_error
 from dpo_recipes.loss_presets import variant_defaults
 from dpo_recipes.models import load_model_and_tokenizer
+from dpo_recipes.presets import hardware_defaults
 
 logger = logging.getLogger(__name__)
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "identity" / "train.jsonl"
@@ -30,7 +29,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "identity" / "trai
 DEFAULTS = {**variant_defaults("kto"), "output_dir": "runs/kto", "learning_rate": 1e-4, "num_train_epochs": 3,
             "per_device_train_batch_size": 4, "logging_steps": 5, "save_strategy": "no", "report_to": "none",
             "use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear",
-            "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported()}  # TRL's bf16 default fails on CPU
+            **hardware_defaults()}  # bf16/fp16/fp32 for this machine: TRL's bf16 default fails on a CPU
 
 
 def main(script_args: RecipeArguments, training_args: KTOConfig, model_args: ModelConfig):
@@ -45,7 +44,8 @@ def main(script_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     # 3. Data: validate the pairs, then unpair them: one desirable and one undesirable row per pair --------------
     data = load_preference_data(script_args.dataset_name or str(DEFAULT_DATA), split=script_args.dataset_train_split,
                                 data_format=script_args.data_format, column_map=script_args.column_map,
-                                validation=script_args.validation)
+                                validation=script_args.validation, config=script_args.validation_config(),
+                                tokenizer=tokenizer, max_length=training_args.max_length)
     print(data.report.summary())
     data.report.save(Path(training_args.output_dir) / REPORT_FILENAME)
     pairs = data.dataset.select_columns(["prompt", "chosen", "rejected"])
@@ -77,8 +77,5 @@ def parse(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    try:
+    with exit_on_user_error():
         main(*parse())
-    except DPORecipesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -56,6 +56,44 @@ def test_variant_recipe_runs_a_few_steps_on_a_tiny_model(name, tiny_model_dir, t
     run_recipe(name, tiny_model_dir, tmp_path / name)
 
 
+# --- ODPO, R-DPO and IPO are configs of the main recipe (recipes/dpo_lora.py) ---------------------------------------
+MAIN_CONFIGS = {"odpo": "odpo/offset", "rdpo": "rdpo/length_diff", "ipo": None}
+
+
+def run_main_recipe(config: str, model: str | None, out: Path, steps: int = 2) -> list[dict]:
+    from dpo_recipes.config import parse_recipe_args
+
+    recipe = load_recipe("dpo_lora")
+    argv = ["--config", str(ROOT / "recipes" / "configs" / f"{config}.yaml"), "--dataset_name", str(FIXTURE),
+            "--eval_prompts_file", "", "--max_steps", str(steps), "--output_dir", str(out), "--report_to", "none",
+            "--save_strategy", "no", "--per_device_train_batch_size", "2", "--logging_steps", "1",
+            "--disable_tqdm", "true", "--max_length", "256"]
+    if model:
+        argv += ["--model_name_or_path", model]
+    recipe.main(*parse_recipe_args(argv=argv))
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert all(h["loss"] == h["loss"] for h in logs if "loss" in h)  # no NaN
+    return logs
+
+
+@pytest.mark.parametrize("config", list(MAIN_CONFIGS))
+def test_main_recipe_config_runs_a_few_steps_on_a_tiny_model(config, tiny_model_dir, tmp_path):
+    logs = run_main_recipe(config, tiny_model_dir, tmp_path / config)
+    hook_metric = MAIN_CONFIGS[config]
+    steps = [h for h in logs if "rewards/margins" in h]
+    assert len(steps) == 2
+    if hook_metric:
+        assert all(hook_metric in h for h in steps)  # the hook ran and logged next to TRL's metrics
+    else:
+        assert not any(k.startswith(("odpo/", "rdpo/")) for h in steps for k in h)
+
+
+def test_main_recipe_configs_use_the_loss_presets():
+    for name in MAIN_CONFIGS:
+        config = yaml.safe_load((ROOT / "recipes" / "configs" / f"{name}.yaml").read_text())
+        assert config["preset"] == f"identity-lora-cpu,{name}"
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_variant_config_agrees_with_its_preset(name):
     # The YAML a user copies and the preset a run without config uses must not drift apart in the loss settings.
@@ -99,6 +137,9 @@ def test_loss_presets_are_valid_config_values():
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not os.environ.get("DPO_RECIPES_CACHE"), reason="needs the cached embedded model")
-@pytest.mark.parametrize("name", VARIANTS)
-def test_variant_recipe_runs_on_the_embedded_model(name, tmp_path):
-    run_recipe(name, None, tmp_path / name, steps=1)
+@pytest.mark.parametrize("name", VARIANTS + list(MAIN_CONFIGS))
+def test_recipe_runs_on_the_embedded_model(name, tmp_path):
+    if name in MAIN_CONFIGS:
+        run_main_recipe(name, None, tmp_path / name, steps=1)
+    else:
+        run_recipe(name, None, tmp_path / name, steps=1)
