@@ -147,8 +147,10 @@ class RecipeDPOTrainer(DPOTrainer):
             missing = [c for c in SCORE_COLUMNS if c not in scores]
             if missing:
                 raise DPORecipesError(
-                    f"loss_hook='odpo' needs {missing} in every batch, but the batch has none: a custom data_collator "
-                    "dropped them. Use the default collator or wrap yours in dpo_recipes.trainer.ScoreCollator.")
+                    f"loss_hook='odpo' needs {missing} in every batch, but this batch has none: the dataset lacks "
+                    "the columns (e.g. a dataset passed to evaluate() later), or a custom data_collator dropped "
+                    "them. Add the score columns, and use the default collator or wrap yours in "
+                    "dpo_recipes.trainer.ScoreCollator.")
             s_w, s_l = scores["score_chosen"], scores["score_rejected"]
             losses = odpo_loss(*logps, s_w, s_l, beta=self.beta, alpha=self.odpo_alpha, ratio=self.odpo_ratio)
             with torch.no_grad():

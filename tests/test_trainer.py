@@ -218,3 +218,10 @@ def test_independent_logps_helper_agrees_with_trl(tmp_path):
     trainer.model.eval()
     trainer.compute_loss(trainer.model, dict(batch))
     assert trainer._metrics["eval"]["logps/chosen"][-1] == pytest.approx(chosen.mean().item(), rel=1e-5)
+
+
+def test_odpo_batch_without_scores_is_an_actionable_error(tmp_path):
+    trainer = make(tmp_path, loss_hook="odpo")
+    batch = {k: v for k, v in first_batch(trainer).items() if not k.startswith("score_")}
+    with pytest.raises(DPORecipesError, match="score_chosen.*ScoreCollator"):
+        trainer.compute_loss(trainer.model, batch)
