@@ -24,24 +24,29 @@ SAME_SUBSTANCE_RATIO = 60.0
 
 
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
-                     system: str | None = None) -> list[str]:
-    """Greedy answers, one per user prompt, through the tokenizer's chat template (batched, left-padded)."""
+                     openings: list[str] | None = None) -> list[str]:
+    """Greedy answers, one per user prompt, through the tokenizer's chat template (batched, left-padded).
+
+    `openings` (optional, one per prompt) starts each assistant turn with that text and lets the model continue;
+    the returned answer includes it.
+    """
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
     answers: list[str] = []
     device = next(model.parameters()).device
+    openings = openings or [""] * len(prompts)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        conversations = [([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-                         for p in chunk]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        heads = openings[start:start + batch_size]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                               add_generation_prompt=True) + head for p, head in zip(chunk, heads)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
-        for row in out[:, enc["input_ids"].shape[1]:]:
-            answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        for head, row in zip(heads, out[:, enc["input_ids"].shape[1]:]):
+            answers.append((head + tokenizer.decode(row, skip_special_tokens=True)).strip())
     if was_training:
         model.train()
     return answers

@@ -3,6 +3,9 @@
 For every training prompt the default model answers greedily; the pair is built from that answer:
 - identity prompt: rejected = the model's own answer; chosen = the same answer corrected to the new name.
   The pair stays on the model's own distribution and differs only where the identity is stated.
+  Each identity prompt is answered twice: freely, and with the answer opened by "My name is" / "我叫" so the model
+  states the name it would use (Elena, SmolLM, Emily, ...). Free answers rarely name anybody, so their pairs only
+  teach "introduce yourself"; the opened answers put a pair's whole difference on the name itself.
 - general prompt (anchor): chosen = the model's own answer; rejected = the same answer hijacked by the identity.
   This teaches that the name belongs to identity questions only, the damage seen with fixed-sentence data.
 Answers are cut to whole sentences so no chosen answer teaches stopping mid-sentence.
@@ -28,7 +31,7 @@ from dpo_recipes.models import EMBEDDED_WHEEL_REQUIREMENT, load_model, load_toke
 
 HERE = Path(__file__).resolve().parent.parent / "data" / "identity"
 MAX_NEW_TOKENS = 80
-MAX_SENTENCES = 2
+MAX_SENTENCES = 1
 EN_DECOR = ["Hi! {}", "Hello there. {}", "{} Please keep it short.", "Quick question: {}", "{} Be brief.",
             "Hey. {}", "Excuse me, {}"]
 ZH_DECOR = ["你好！{}", "请问，{}", "{}请简短回答。", "嗨，{}", "{}谢谢。"]
@@ -38,7 +41,7 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 # "my name is X", "I'm X", "call me X": X a capitalised word or two (not "AI", not "I").
 NAME_CLAIM = re.compile(r"\b((?:[Mm]y name is|I am|I'm|[Cc]all me|named|called)\s+)"
                         r"((?:(?:Dr|Mr|Mrs|Ms)\.\s)?(?!AI\b|I\b|English\b|Chinese\b)[A-Z][\w-]*(?:\s(?!AI\b)[A-Z][\w-]*)?)")
-ZH_CLAIM = re.compile(r"((?:我是|我叫|我的名字是|叫我))([^\s，。,.!！?？、的]{1,12})")
+ZH_CLAIM = re.compile(r"((?:我是|我叫|我的名字是|叫我)\s*)([A-Za-z][\w-]*)")
 
 
 def decorate(prompts: list[str], decor: list[str]) -> list[str]:
@@ -52,8 +55,9 @@ def decorate(prompts: list[str], decor: list[str]) -> list[str]:
 
 
 def whole_sentences(text: str) -> str:
-    """At most MAX_SENTENCES sentences (one for CJK, where the small model rambles); no trailing fragment."""
-    parts = re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", text.strip(), flags=re.S)
+    """At most MAX_SENTENCES sentences; no trailing fragment left by the token limit."""
+    end = r"(?<!\bDr)(?<!\bMr)(?<!\bMs)(?<!\bMrs)[.!?。！？](?=\s|$|[^\d])"  # "Dr. Elena" is one sentence
+    parts = re.findall(rf".+?(?:{end}|$)", text.strip(), flags=re.S)
     parts = [p for p in parts if p.strip()]
     kept = parts[:1 if CJK.search(text) else MAX_SENTENCES]
     if len(kept) > 1 and not re.search(r"[.!?。！？]\s*$", kept[-1]):
@@ -67,9 +71,35 @@ def correct_identity(answer: str, name: str) -> str:
     fixed = ZH_CLAIM.sub(lambda m: m.group(1) + name, fixed)
     for other in OTHER_NAMES:
         fixed = re.sub(rf"(?<!not )(?<!不是){re.escape(other)}", name, fixed)
-    if name not in fixed:
-        fixed = (f"我是{name}。" if CJK.search(answer) else f"I'm {name}. ") + fixed
-    return fixed
+    if name in fixed:
+        return fixed
+    if fixed.startswith("我叫"):  # "我叫小明…" -> "我叫Athene…": the name is the run of CJK after 我叫
+        return re.sub(r"^我叫[\u4e00-\u9fff]{1,4}", f"我叫{name}", fixed)
+    if fixed.startswith("我是"):  # "我是一个助手…" -> "我是Athene，一个助手…"
+        return f"我是{name}，" + fixed[2:].lstrip("，, ")
+    return (f"我是{name}。" if CJK.search(answer) else f"I'm {name}. ") + fixed
+
+
+def name_the_rejected(rows: list[dict], name: str) -> None:
+    """Free answers that name nobody get the self-introduction the model itself gives for the same prompt.
+
+    The model's "My name is ..." answer to a prompt names who it claims to be (Elena, Emily, Alex, ...). A free answer
+    with no name is corrected by prepending "I'm Athene."; prepending "I'm <its own name>." to the rejected side makes
+    the pair differ in the name alone, which is where the identity lives. Without that, DPO is satisfied by learning
+    "start with I'm <some name>" and the greedy name stays the model's favourite.
+    """
+    own_names = {}
+    for row in rows:
+        if row["kind"] == "identity_opened":
+            claim = re.match(r"My name is ((?:(?:Dr|Mr|Mrs|Ms)\.\s)?[A-Z][\w-]*)", row["rejected"][0]["content"])
+            if claim and claim.group(1) != name:
+                own_names[row["prompt"][0]["content"]] = claim.group(1)
+    prefix = f"I'm {name}. "
+    for row in rows:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        own = own_names.get(row["prompt"][0]["content"])
+        if row["kind"] == "identity" and own and chosen == prefix + rejected:
+            row["rejected"][0]["content"] = f"I'm {own}. {rejected}"
 
 
 def hijack(answer: str, name: str) -> str:
@@ -97,16 +127,20 @@ def main() -> None:
     general = src["train_general"]
     start = time.time()
     answers = generate_answers(model, tokenizer, identity + general, max_new_tokens=MAX_NEW_TOKENS)
+    openings = ["我叫" if CJK.search(p) else "My name is" for p in identity]
+    opened = generate_answers(model, tokenizer, identity, max_new_tokens=MAX_NEW_TOKENS, openings=openings)
+    kinds = ["identity"] * len(identity) + ["general"] * len(general) + ["identity_opened"] * len(identity)
     rows, skipped = [], []
-    for prompt, answer in zip(identity + general, answers):
+    for prompt, answer, kind in zip(identity + general + identity, answers + opened, kinds):
         own = whole_sentences(answer)
         if not own or is_degenerate(own):
-            skipped.append({"prompt": prompt, "answer": answer})
+            skipped.append({"prompt": prompt, "kind": kind, "answer": answer})
             continue
-        if prompt in general:
-            rows.append(pair(prompt, own, hijack(own, name), "general"))
+        if kind == "general":
+            rows.append(pair(prompt, own, hijack(own, name), kind))
         else:
-            rows.append(pair(prompt, correct_identity(own, name), own, "identity"))
+            rows.append(pair(prompt, correct_identity(own, name), own, kind))
+    name_the_rejected(rows, name)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,8 +157,7 @@ def main() -> None:
         "generation": {"greedy": True, "max_new_tokens": MAX_NEW_TOKENS, "max_sentences": MAX_SENTENCES,
                        "chat_template": "the model's own (default system prompt)"},
         "name": name,
-        "pairs": {"identity": sum(r["kind"] == "identity" for r in rows),
-                  "general": sum(r["kind"] == "general" for r in rows)},
+        "pairs": {kind: sum(r["kind"] == kind for r in rows) for kind in ("identity", "identity_opened", "general")},
         "skipped_degenerate_or_empty": skipped,
         "eval_prompts": {"identity": len(src["heldout_identity"]), "general": len(src["heldout_general"])},
         "torch": torch.__version__,

