@@ -24,24 +24,29 @@ PRESETS: dict[str, dict] = {
     # sweep in experiments/identity_sweep.md; each value's reason cites what the sweep showed.
     "identity-lora-cpu": {
         **_LORA,
+        # Measured on held-out prompts (32 identity, 24 general) with data/identity, 30 steps of 8 pairs:
+        #   lr 2e-4, beta 0.1: name in 19% of identity answers (the model learned "I'm <some name>." only);
+        #   lr 3.5e-4, beta 0.25: 91%;  lr 5e-4, beta 0.1: 100%, but more general answers drifted.
         "loss_type": ["sigmoid", "sft"],  # DPO alone reached reward accuracy 1.0 without moving greedy answers
-        "loss_weights": [1.0, 1.0],      # (0/8); the SFT term on chosen makes the corrected answer the greedy one
-        "beta": 0.1,                     # the usual DPO beta
-        "learning_rate": 2e-4,           # LoRA on 135M params; 5e-4 collapsed the model in the seed's runs
+        "loss_weights": [1.0, 1.0],      # (the seed's 0/8); the SFT term on chosen makes the new name greedy
+        "beta": 0.25,                    # a larger share of DPO's name contrast in the update than 0.1 (91% vs 19%)
+        "learning_rate": 3.5e-4,         # 2e-4 was too little in 30 steps; 5e-4 changed more general answers
         "max_steps": 30,
         "per_device_train_batch_size": 8,
         "gradient_accumulation_steps": 1,
         "lr_scheduler_type": "cosine",
         "warmup_steps": 2,
         "max_length": 256,               # prompt + completion tokens; the default data is < 200
-        "precompute_ref_log_probs": True,  # one no-grad pass over the data instead of a reference forward per step
-        "precompute_ref_batch_size": 32,
+        # The reference (base with the adapter disabled) runs per step. Precomputing it costs a forward over all 376
+        # pairs (~130 s on 2 cores), more than the per-step reference forwards for the 240 pairs the run trains.
+        # Turn it on for multi-epoch runs (it then saves a forward per pair per extra epoch).
+        "precompute_ref_log_probs": False,
         "gradient_checkpointing": False,  # 135M fits easily; checkpointing would cost ~20-30% speed for nothing
         "logging_steps": 5,
         "save_strategy": "steps",
         "save_steps": 10,                # a checkpoint to resume from every 10 steps
         "save_total_limit": 1,
-        "seed": 42,
+        "seed": 0,
         "report_to": ["wandb"],          # offline when no W&B key (see dpo_recipes.tracking)
     },
     # LoRA DPO on a GPU for a 0.5-8B instruct model and a real preference set (UltraFeedback-like).

@@ -56,8 +56,7 @@ def decorate(prompts: list[str], decor: list[str]) -> list[str]:
 
 def whole_sentences(text: str) -> str:
     """At most MAX_SENTENCES sentences; no trailing fragment left by the token limit."""
-    end = r"(?<!\bDr)(?<!\bMr)(?<!\bMs)(?<!\bMrs)[.!?。！？](?=\s|$|[^\d])"  # "Dr. Elena" is one sentence
-    parts = re.findall(rf".+?(?:{end}|$)", text.strip(), flags=re.S)
+    parts = re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", text.strip(), flags=re.S)
     parts = [p for p in parts if p.strip()]
     kept = parts[:1 if CJK.search(text) else MAX_SENTENCES]
     if len(kept) > 1 and not re.search(r"[.!?。！？]\s*$", kept[-1]):
