@@ -23,6 +23,7 @@ from dpo_recipes.data import REPORT_FILENAME, load_preference_data
 from dpo_recipes.errors import exit_on_user_error
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts, load_eval_prompts
 from dpo_recipes.models import load_model_and_tokenizer, merge_adapter
+from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.tracking import checkpoint_step, last_checkpoint, package_versions, prepare_wandb, save_log_history, write_summary
 from dpo_recipes.trainer import RecipeDPOTrainer
 
@@ -35,6 +36,7 @@ def main(recipe_args, training_args, model_args):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     transformers.set_seed(training_args.seed)
+    use_all_cpu_cores(training_args.world_size)
     prepare_wandb(training_args.report_to, training_args.output_dir)
     checkpoint = training_args.resume_from_checkpoint or last_checkpoint(training_args.output_dir)
     if checkpoint:
