@@ -136,7 +136,6 @@ def test_loss_presets_are_valid_config_values():
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(not os.environ.get("DPO_RECIPES_CACHE"), reason="needs the cached embedded model")
 @pytest.mark.parametrize("name", VARIANTS + list(MAIN_CONFIGS))
 def test_recipe_runs_on_the_embedded_model(name, tmp_path):
     if name in MAIN_CONFIGS:
