@@ -11,7 +11,6 @@ stages are numbered, and each is a call into `dpo_recipes` or TRL.
 """
 
 import logging
-import sys
 import time
 from pathlib import Path
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def smollm():
-    from dpo_recipes.models import load_model, load_tokenizer, resolve_model_path
+    from dpo_recipes.models import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(None)
     return path, load_tokenizer(path)
