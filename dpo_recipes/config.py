@@ -104,6 +104,22 @@ class RecipeArguments(ScriptArguments):
                                 max_similarity=self.max_similarity, drop_truncated=self.drop_truncated)
 
 
+    def load_train_data(self, tokenizer, max_length: int | None, output_dir: str, default_source: str | None = None):
+        """The recipes' data stage: load and validate `dataset_name`, print the summary, save the report into
+        `output_dir`, and keep the first `max_train_samples` pairs. Returns the training `datasets.Dataset`."""
+        from dpo_recipes.data import REPORT_FILENAME, load_preference_data
+
+        data = load_preference_data(
+            self.dataset_name or default_source, split=self.dataset_train_split, data_format=self.data_format,
+            column_map=self.column_map, validation=self.validation, config=self.validation_config(),
+            tokenizer=tokenizer, max_length=max_length)
+        print(data.report.summary())
+        data.report.save(Path(output_dir) / REPORT_FILENAME)
+        if self.max_train_samples:
+            return data.dataset.select(range(min(self.max_train_samples, len(data.dataset))))
+        return data.dataset
+
+
 def _peek_preset(argv: list[str]) -> str | None:
     """The preset named on the command line, else in the YAML given with --config (needed before parsing)."""
     for i, arg in enumerate(argv):

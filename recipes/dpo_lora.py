@@ -18,7 +18,6 @@ import transformers
 from trl import get_peft_config
 
 from dpo_recipes.config import parse_recipe_args
-from dpo_recipes.data import REPORT_FILENAME, load_preference_data
 from dpo_recipes.errors import exit_on_user_error
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts, load_eval_prompts
 from dpo_recipes.models import load_model_and_tokenizer, merge_adapter
@@ -45,15 +44,7 @@ def main(recipe_args, training_args, model_args):
     model, tokenizer, model_path = load_model_and_tokenizer(model_args, training_args.trust_remote_code)
 
     # 3. Data: load, validate, summarize (every dropped row is counted in the report) ---------------------------
-    data = load_preference_data(
-        recipe_args.dataset_name, split=recipe_args.dataset_train_split, data_format=recipe_args.data_format,
-        column_map=recipe_args.column_map, validation=recipe_args.validation,
-        config=recipe_args.validation_config(), tokenizer=tokenizer, max_length=training_args.max_length)
-    print(data.report.summary())
-    data.report.save(Path(training_args.output_dir) / REPORT_FILENAME)
-    train_dataset = data.dataset
-    if recipe_args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(recipe_args.max_train_samples, len(train_dataset))))
+    train_dataset = recipe_args.load_train_data(tokenizer, training_args.max_length, training_args.output_dir)
 
     # 4. Held-out answers before training -----------------------------------------------------------------------
     prompts = load_eval_prompts(recipe_args.eval_prompts_file)

@@ -17,7 +17,6 @@ from trl import KTOConfig, KTOTrainer, ModelConfig, TrlParser, get_peft_config
 from trl.data_utils import unpair_preference_dataset
 
 from dpo_recipes.config import RecipeArguments
-from dpo_recipes.data import REPORT_FILENAME, load_preference_data
 from dpo_recipes.errors import exit_on_user_error
 from dpo_recipes.loss_presets import variant_defaults
 from dpo_recipes.models import load_model_and_tokenizer
@@ -42,15 +41,9 @@ def main(script_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     logger.info("Model: %s", model_path)
 
     # 3. Data: validate the pairs, then unpair them: one desirable and one undesirable row per pair --------------
-    data = load_preference_data(script_args.dataset_name or str(DEFAULT_DATA), split=script_args.dataset_train_split,
-                                data_format=script_args.data_format, column_map=script_args.column_map,
-                                validation=script_args.validation, config=script_args.validation_config(),
-                                tokenizer=tokenizer, max_length=training_args.max_length)
-    print(data.report.summary())
-    data.report.save(Path(training_args.output_dir) / REPORT_FILENAME)
-    pairs = data.dataset.select_columns(["prompt", "chosen", "rejected"])
-    if script_args.max_train_samples:
-        pairs = pairs.select(range(min(script_args.max_train_samples, len(pairs))))
+    pairs = script_args.load_train_data(tokenizer, training_args.max_length, training_args.output_dir,
+                                        default_source=str(DEFAULT_DATA))
+    pairs = pairs.select_columns(["prompt", "chosen", "rejected"])
     # Shuffled so that a batch mixes labels: KTO's KL baseline is estimated from mismatched pairs inside the batch.
     train_dataset = unpair_preference_dataset(pairs).shuffle(seed=training_args.seed)
     logger.info("KTO rows: %d desirable, %d undesirable", sum(train_dataset["label"]),

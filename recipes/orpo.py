@@ -15,7 +15,6 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from dpo_recipes.config import RecipeArguments
-from dpo_recipes.data import REPORT_FILENAME, load_preference_data
 from dpo_recipes.errors import exit_on_user_error
 from dpo_recipes.loss_presets import variant_defaults
 from dpo_recipes.models import load_model_and_tokenizer
@@ -40,15 +39,9 @@ def main(script_args: RecipeArguments, training_args: ORPOConfig, model_args: Mo
     logger.info("Model: %s", model_path)
 
     # 3. Data: read, normalize and validate the pairs; the report says what was dropped and why -------------------
-    data = load_preference_data(script_args.dataset_name or str(DEFAULT_DATA), split=script_args.dataset_train_split,
-                                data_format=script_args.data_format, column_map=script_args.column_map,
-                                validation=script_args.validation, config=script_args.validation_config(),
-                                tokenizer=tokenizer, max_length=training_args.max_length)
-    print(data.report.summary())
-    data.report.save(Path(training_args.output_dir) / REPORT_FILENAME)
-    train_dataset = data.dataset.select_columns(["prompt", "chosen", "rejected"])  # ORPO ignores scores
-    if script_args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    train_dataset = script_args.load_train_data(tokenizer, training_args.max_length, training_args.output_dir,
+                                                default_source=str(DEFAULT_DATA))
+    train_dataset = train_dataset.select_columns(["prompt", "chosen", "rejected"])  # ORPO ignores scores
 
     # 4. Trainer: no reference model; with LoRA only the adapter trains --------------------------------------------
     trainer = ORPOTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,

@@ -17,7 +17,6 @@ from trl import ModelConfig, TrlParser, get_peft_config
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from dpo_recipes.config import RecipeArguments
-from dpo_recipes.data import REPORT_FILENAME, load_preference_data
 from dpo_recipes.errors import DPORecipesError, exit_on_user_error
 from dpo_recipes.loss_presets import variant_defaults
 from dpo_recipes.models import load_model_and_tokenizer
@@ -42,15 +41,9 @@ def main(script_args: RecipeArguments, training_args: CPOConfig, model_args: Mod
     logger.info("Model: %s", model_path)
 
     # 3. Data: read, normalize and validate the pairs; the report says what was dropped and why -------------------
-    data = load_preference_data(script_args.dataset_name or str(DEFAULT_DATA), split=script_args.dataset_train_split,
-                                data_format=script_args.data_format, column_map=script_args.column_map,
-                                validation=script_args.validation, config=script_args.validation_config(),
-                                tokenizer=tokenizer, max_length=training_args.max_length)
-    print(data.report.summary())
-    data.report.save(Path(training_args.output_dir) / REPORT_FILENAME)
-    train_dataset = data.dataset.select_columns(["prompt", "chosen", "rejected"])  # SimPO ignores scores
-    if script_args.max_train_samples:
-        train_dataset = train_dataset.select(range(min(script_args.max_train_samples, len(train_dataset))))
+    train_dataset = script_args.load_train_data(tokenizer, training_args.max_length, training_args.output_dir,
+                                                default_source=str(DEFAULT_DATA))
+    train_dataset = train_dataset.select_columns(["prompt", "chosen", "rejected"])  # SimPO ignores scores
 
     # 4. Trainer: SimPO is CPO's "simpo" loss; no reference model ---------------------------------------------------
     if training_args.loss_type != "simpo":
