@@ -200,11 +200,13 @@ def merge_adapter(peft_model, tokenizer, out_dir: str | Path) -> Path:
 
     merged = copy.deepcopy(peft_model).merge_and_unload()
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    try:
+        merged.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-        Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now moved) name
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left if saving failed
     return out_dir
