@@ -14,10 +14,14 @@ settings (beta, alpha, margins) and let the recipe's learning rate and batch siz
 from __future__ import annotations
 
 # R-DPO alpha grid, per completion token. Park et al. (2024) tune alpha per dataset together with beta; the grid
-# below is the one the SimPO paper (Meng et al. 2024, Table 7) searched when reproducing R-DPO as a baseline at
-# beta in {0.01, 0.05, 0.1}. Alpha multiplies the *token* length difference, so its useful scale depends on how much
-# chosen and rejected lengths differ in your data: run `dpo-recipes audit` first, and pick alpha so that
-# alpha * mean|len_w - len_l| is of the order of 1 (the size of beta * h early in training).
+# below is the one the SimPO paper (Meng et al. 2024, its table of baseline objectives and search ranges) searched
+# when reproducing R-DPO as a baseline, with beta in {0.01, 0.05, 0.1}. We quote the grid from the paper as read,
+# not re-checked here (no copy of it is reachable from these machines). The sign (+ alpha * (|y_w| - |y_l|), alpha
+# not scaled by beta) matches the R-DPO implementations that cite eq. 9, e.g. sail-sg/oat's length-regularized DPO.
+# Alpha multiplies the *token* length difference, so its useful scale depends on how much chosen and rejected
+# lengths differ in your data: run `dpo-recipes audit` first. On pairs that differ only in length, R-DPO's optimum is
+# DPO's shifted by alpha * gap: beta * h* = log(p / (1 - p)) - alpha * gap for a share p of long wins (tested in
+# tests/test_losses.py), so alpha ~ log(p / (1 - p)) / mean gap removes a pure length preference entirely.
 RDPO_ALPHA_GRID: tuple[float, ...] = (0.05, 0.1, 0.5, 1.0)
 
 LOSS_PRESETS: dict[str, dict] = {

@@ -146,3 +146,31 @@ def test_seed_regularizer_outside_the_sigmoid_has_zero_gradient():
 
 def test_rdpo_length_margin_is_per_token():
     assert rdpo_length_margin(torch.tensor([12.0]), torch.tensor([2.0]), alpha=0.01).item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("share", [0.6, 0.8, 0.9])
+@pytest.mark.parametrize("alpha", [0.0, 0.01, 0.05])
+def test_on_length_only_pairs_rdpo_optimum_is_dpo_minus_alpha_times_gap(share, alpha):
+    # Pairs that differ only in a `gap`-token elaboration; the long answer wins a share p of them. One free parameter
+    # theta = h(long over short). The minimum of the mean loss is at beta*theta = log(p / (1 - p)) for DPO (alpha 0)
+    # and at log(p / (1 - p)) - alpha * gap for R-DPO: R-DPO explains the length preference by length, not by the
+    # policy. experiments/length_bias.py measures this on the real model.
+    beta, gap, n = 0.1, 50.0, 10
+    n_long = round(share * n)
+    long_wins = torch.tensor([1.0] * n_long + [-1.0] * (n - n_long), dtype=torch.float64)  # sign of h and of the gap
+    theta = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([theta], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15,
+                                  line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        h = long_wins * theta  # policy log-ratio of (chosen over rejected), reference at 0
+        zeros = torch.zeros(n, dtype=torch.float64)
+        loss = rdpo_loss(h, zeros, zeros, zeros, gap * (long_wins > 0), gap * (long_wins < 0), beta=beta,
+                         alpha=alpha).mean()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    p = n_long / n
+    assert beta * theta.item() == pytest.approx(math.log(p / (1 - p)) - alpha * gap, abs=1e-6)
