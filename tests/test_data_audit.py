@@ -1,9 +1,11 @@
 """dpo_recipes.data.audit: the length-bias figures and when rdpo is recommended."""
 
+import math
+
 import pytest
 from datasets import Dataset
 
-from dpo_recipes.data.audit import audit_length_bias
+from dpo_recipes.data.audit import audit_length_bias, suggested_rdpo_alpha
 
 
 def _ds(pairs, scores=None):
@@ -56,3 +58,24 @@ def test_token_unit_with_a_tokenizer():
 
     a = audit_length_bias(_ds([("abcd", "ab")] * 3), Tok())
     assert a.unit == "tokens" and a.mean_length_diff == 2.0
+
+
+def test_suggested_rdpo_alpha_cancels_the_length_preference():
+    class Tok:
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [t.split() for t in texts]}  # one token per word
+
+    long, short = "w " * 30, "w " * 10  # gap of 20 tokens
+    pairs = [(long, short)] * 24 + [(short, long)] * 6  # the longer answer wins 80%
+    a = audit_length_bias(_ds(pairs), Tok())
+    alpha = math.log(0.8 / 0.2) / 20
+    assert a.suggested_rdpo_alpha == pytest.approx(alpha)
+    assert f"--rdpo_alpha {alpha:.3g}" in a.recommendation
+    # Without a tokenizer, lengths are words: no per-token alpha is suggested, but rdpo still is.
+    words = audit_length_bias(_ds(pairs))
+    assert words.suggested_rdpo_alpha is None and "--loss_hook rdpo" in words.recommendation
+
+
+def test_no_alpha_when_chosen_is_usually_shorter_or_lengths_are_equal():
+    assert suggested_rdpo_alpha(0.3, 20.0) is None and suggested_rdpo_alpha(0.9, 0.0) is None
+    assert suggested_rdpo_alpha(1.0, 10.0) == pytest.approx(math.log(99) / 10)  # p clipped to 0.99: finite

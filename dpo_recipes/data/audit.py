@@ -2,11 +2,18 @@
 
 DPO learns whatever separates chosen from rejected; when that is mostly length, the policy learns verbosity
 (Park et al. 2024, "Disentangling Length from Quality in DPO"). The audit measures the bias and, when it is
-strong, recommends the length-regularized loss hook (`--loss_hook rdpo`).
+strong, recommends the length-regularized loss hook (`--loss_hook rdpo`) with a starting `--rdpo_alpha`.
+
+The suggested alpha comes from R-DPO's optimum on pairs that differ only in length: with the longer answer winning a
+share p of them by a gap of g tokens, DPO settles at beta * h = log(p / (1 - p)) and R-DPO at
+log(p / (1 - p)) - alpha * g (tested in tests/test_losses.py). So alpha* = log(p / (1 - p)) / g is the alpha at which
+R-DPO puts the *whole* length preference of the data down to length. Real pairs also differ in quality, which is
+often longer too, so alpha* is an upper end to sweep down from, not a value to trust blindly.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +47,7 @@ class AuditReport:
     length_preference_corr: float | None  # point-biserial: corr(length, 1 if chosen else 0) over both answers
     length_score_corr: float | None = None  # corr(length, score) over both answers, for scored data
     strong_bias: bool = False
+    suggested_rdpo_alpha: float | None = None  # log(p / (1 - p)) / mean |gap|, when chosen is usually longer
     recommendation: str = ""
     thresholds: dict = field(default_factory=dict)
 
@@ -73,6 +81,18 @@ def _text(value) -> str:
     if isinstance(value, list):
         return "\n".join(m["content"] for m in value)
     return value
+
+
+def suggested_rdpo_alpha(share_longer_wins: float, mean_abs_gap: float) -> float | None:
+    """alpha* = log(p / (1 - p)) / g: the R-DPO alpha whose optimum cancels a pure length preference (module doc).
+
+    None when the longer answer does not win most pairs (R-DPO corrects verbosity, not terseness) or no length
+    differs; p is clipped to 0.99 so that data where the longer answer always wins gets a finite value.
+    """
+    if share_longer_wins <= 0.5 or mean_abs_gap <= 0:
+        return None
+    p = min(share_longer_wins, 0.99)
+    return math.log(p / (1 - p)) / mean_abs_gap
 
 
 def _corr(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -111,10 +131,16 @@ def audit_length_bias(dataset, tokenizer=None, *, strong_share: float = STRONG_S
     strong = n >= MIN_PAIRS and (share_of_unequal >= strong_share or share_of_unequal <= 1 - strong_share
               or (corr is not None and abs(corr) >= strong_corr))
     direction = "longer" if share_of_unequal >= 0.5 else "shorter"
+    alpha = suggested_rdpo_alpha(share_of_unequal, float(np.abs(diff[diff != 0]).mean()) if unequal else 0.0)
     if strong:
         rec = (f"chosen is {direction} in {100 * max(share_of_unequal, 1 - share_of_unequal):.0f}% of the pairs "
-               f"whose lengths differ; DPO will learn to be {'verbose' if direction == 'longer' else 'terse'}. "
-               "Consider length regularization: --loss_hook rdpo (tune --rdpo_alpha).")
+               f"whose lengths differ; DPO will learn to be {'verbose' if direction == 'longer' else 'terse'}.")
+        if alpha is not None and unit == "tokens":
+            rec += (f" Consider length regularization: --loss_hook rdpo --rdpo_alpha {alpha:.3g} (the alpha that "
+                    "puts all of this length preference down to length; sweep down from it, e.g. x0.5, x0.25).")
+        elif alpha is not None:
+            rec += (" Consider length regularization: --loss_hook rdpo; audit with --tokenizer for a suggested "
+                    "--rdpo_alpha (alpha is per token).")
     elif n < MIN_PAIRS:
         rec = f"Only {n} pairs: too few to judge a length bias."
     else:
@@ -123,5 +149,6 @@ def audit_length_bias(dataset, tokenizer=None, *, strong_share: float = STRONG_S
         pairs=n, unit=unit, share_chosen_longer=longer, share_rejected_longer=shorter, share_equal=1 - unequal,
         mean_chosen_length=float(lc.mean()), mean_rejected_length=float(lr.mean()),
         mean_length_diff=float(diff.mean()), median_length_diff=float(np.median(diff)),
-        length_preference_corr=corr, length_score_corr=score_corr, strong_bias=bool(strong), recommendation=rec,
+        length_preference_corr=corr, length_score_corr=score_corr, strong_bias=bool(strong),
+        suggested_rdpo_alpha=alpha if unit == "tokens" else None, recommendation=rec,
         thresholds={"strong_share": strong_share, "strong_corr": strong_corr})
