@@ -12,12 +12,16 @@ Modules: `readers` (files, gzip, save_to_disk, hub), `formats` (detect + normali
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dpo_recipes.data.formats import FORMATS, apply_column_map, detect_format, normalize, parse_column_map
 from dpo_recipes.data.readers import read_rows
 from dpo_recipes.data.validate import MODES, RULES, ValidationConfig, ValidationReport, run_rules
 
 from dpo_recipes.errors import DPORecipesError
+
+if TYPE_CHECKING:  # datasets is imported lazily by the readers; only the annotation needs the name here
+    import datasets
 
 # The file name recipes save the validation report under, inside output_dir.
 REPORT_FILENAME = "data_validation.json"
@@ -30,7 +34,7 @@ __all__ = ["FORMATS", "MODES", "REPORT_FILENAME", "RULES", "PreferenceData", "Va
 class PreferenceData:
     """The normalized, validated dataset and the report of what validation did."""
 
-    dataset: "datasets.Dataset"  # noqa: F821
+    dataset: datasets.Dataset
     report: ValidationReport
 
 
