@@ -79,7 +79,8 @@ class RecipeArguments(ScriptArguments):
         default=False, metadata={"help": "ODPO offset log(s_w / s_l) instead of log(s_w - s_l)."}
     )
     rdpo_alpha: float = field(
-        default=0.01, metadata={"help": "R-DPO length penalty per completion token (Park et al. 2024, eq. 9)."}
+        default=0.01, metadata={"help": "R-DPO length coefficient per completion token (Park et al. 2024, eq. 9); "
+                                     "`dpo-recipes audit --tokenizer ...` suggests one for your data."}
     )
 
     # --- validation thresholds (dpo_recipes.data.ValidationConfig) ------------------------------------------------

@@ -35,7 +35,8 @@ LOSS_PRESETS: dict[str, dict] = {
     },
     "rdpo": {
         "loss_hook": "rdpo",       # Park et al. 2024, eq. 9: length margin alpha * (|y_w| - |y_l|) inside the sigmoid
-        "rdpo_alpha": 0.05,        # smallest value of the grid above: a mild correction; sweep RDPO_ALPHA_GRID
+        "rdpo_alpha": 0.05,        # smallest value of the grid above. Not "mild" on every data set: with 50-token
+                                   # gaps it is about twice the alpha* `dpo-recipes audit` suggests; use that
         "beta": 0.1,               # DPO's usual beta, inside the grid's {0.01, 0.05, 0.1}
     },
     **{
