@@ -3,7 +3,8 @@
 We train the embedded SmolLM2-135M-Instruct with LoRA for the same steps, data order and seed under DPO and under
 R-DPO (one run per --rdpo_alpha), and measure on held-out prompts (skills never trained on):
 
-- generated length: mean tokens generated greedily before the end of turn (capped at --max_new_tokens), and the
+- generated length: mean tokens generated greedily before the end of turn (capped at --max_new_tokens), the tokens
+  it adds after the helpful tip when that tip is forced as the start of its answer ("after tip"), and the
   share of answers that reuse a phrase of the trained elaboration;
 - learned length preference: beta * h of "tip + elaboration" over "tip alone", where h is the policy-minus-reference
   log-ratio difference (DPO's implicit reward margin). Positive: the run now prefers the padded answer;
@@ -104,7 +105,25 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
         lengths.append(n)
         answers.append(tokenizer.decode(row[:n], skip_special_tokens=True))
     padded = sum(any(m in a.lower() for m in ELABORATION_MARKERS) for a in answers)
-    return {"tokens": sum(lengths) / len(lengths), "elaboration_share": padded / len(answers), "answers": answers}
+    return {"tokens": sum(lengths) / len(lengths), "elaboration_share": padded / len(answers),
+            "after_tip_tokens": continuation_tokens(model, tokenizer, max_new_tokens), "answers": answers}
+
+
+def continuation_tokens(model, tokenizer, max_new_tokens: int) -> float:
+    """Mean tokens the model adds greedily after the helpful tip, forced as the start of its answer, on the held-out
+    prompts: 0 if it ends the turn right after the tip. This is the decision the pairs train (stop after the tip, or
+    elaborate), measured on skills never trained on, free of how the model would have phrased its own tip."""
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True) + GOOD.format(s=skill)
+             for prompt, skill in eval_prompts()]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                             top_k=None, pad_token_id=tokenizer.pad_token_id)
+    rows = out[:, enc["input_ids"].shape[1]:].tolist()
+    return sum(row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+               for row in rows) / len(rows)
 
 
 @torch.no_grad()
@@ -199,19 +218,17 @@ def main():
         if args.design == "length" and 0 < share < 1:  # no finite optimum when one answer always wins
             run["fixed_point_length_pref"] = math.log(share / (1 - share)) - (alpha or 0.0) * mean_abs_gap
         results[name] = run
-        print(f"{name}: {run['tokens']:.1f} tokens, elaboration in {run['elaboration_share']:.0%}, length pref {run['length_pref']:+.2f}, quality pref "
+        print(f"{name}: {run['tokens']:.1f} tokens, {run['after_tip_tokens']:.1f} after the tip, elaboration in {run['elaboration_share']:.0%}, length pref {run['length_pref']:+.2f}, quality pref "
               f"{run['quality_pref']:+.2f} ({time.time() - started:.0f} s)", flush=True)
     results["seconds"] = round(time.time() - started)
 
     print(f"\nheld-out prompts: {len(prompts)}; {args.steps} steps of {args.batch_size} pairs, beta {args.beta}, "
           f"lr {args.lr}, greedy cap {args.max_new_tokens} tokens")
-    print(f"{'run':12s} {'tokens':>7s} {'elaborated':>11s} {'length pref':>12s} {'quality pref':>13s}")
-    before = results["before"]
-    print(f"{'before':12s} {before['tokens']:7.1f} {before['elaboration_share']:11.0%} {0:+12.2f} {0:+13.2f}")
+    print(f"{'run':12s} {'tokens':>7s} {'after tip':>10s} {'elaborated':>11s} {'length pref':>12s} {'quality pref':>13s}")
     for name, run in results.items():
-        if name.startswith(("dpo", "rdpo")):
-            print(f"{name:12s} {run['tokens']:7.1f} {run['elaboration_share']:11.0%} {run['length_pref']:+12.2f} "
-                  f"{run['quality_pref']:+13.2f}")
+        if name == "before" or name.startswith(("dpo", "rdpo")):
+            print(f"{name:12s} {run['tokens']:7.1f} {run['after_tip_tokens']:10.1f} {run['elaboration_share']:11.0%} "
+                  f"{run.get('length_pref', 0):+12.2f} {run.get('quality_pref', 0):+13.2f}")
     write_json_atomic(Path(args.output_dir) / "results.json", results)
 
 
