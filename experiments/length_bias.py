@@ -89,23 +89,30 @@ def eval_prompts() -> list[tuple[str, str]]:
 ELABORATION_MARKERS = ("small goal", "honest feedback", "week to week", "feel natural")
 
 
+def chat_head(tokenizer, prompt: str) -> str:
+    """The chat-formatted user turn, up to where the assistant's answer starts."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+@torch.no_grad()
+def greedy_continuations(model, tokenizer, texts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuation tokens of each text, cut before the end-of-turn token (or at max_new_tokens)."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                         top_k=None, pad_token_id=tokenizer.pad_token_id)
+    rows = out[:, enc["input_ids"].shape[1]:].tolist()
+    return [row[:row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row for row in rows]
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     """Greedy answers: mean tokens before the end-of-turn token (capped at max_new_tokens), the share of answers
     that reuse a phrase of the trained elaboration, and the answers themselves."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, pad_token_id=tokenizer.pad_token_id)
-    lengths, answers = [], []
-    for row in out[:, enc["input_ids"].shape[1]:].tolist():
-        n = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
-        lengths.append(n)
-        answers.append(tokenizer.decode(row[:n], skip_special_tokens=True))
+    rows = greedy_continuations(model, tokenizer, [chat_head(tokenizer, p) for p in prompts], max_new_tokens)
+    answers = [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
     padded = sum(any(m in a.lower() for m in ELABORATION_MARKERS) for a in answers)
-    return {"tokens": sum(lengths) / len(lengths), "elaboration_share": padded / len(answers),
+    return {"tokens": sum(map(len, rows)) / len(rows), "elaboration_share": padded / len(answers),
             "after_tip_tokens": continuation_tokens(model, tokenizer, max_new_tokens), "answers": answers}
 
 
@@ -113,24 +120,15 @@ def continuation_tokens(model, tokenizer, max_new_tokens: int) -> float:
     """Mean tokens the model adds greedily after the helpful tip, forced as the start of its answer, on the held-out
     prompts: 0 if it ends the turn right after the tip. This is the decision the pairs train (stop after the tip, or
     elaborate), measured on skills never trained on, free of how the model would have phrased its own tip."""
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True) + GOOD.format(s=skill)
-             for prompt, skill in eval_prompts()]
-    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                             top_k=None, pad_token_id=tokenizer.pad_token_id)
-    rows = out[:, enc["input_ids"].shape[1]:].tolist()
-    return sum(row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
-               for row in rows) / len(rows)
+    texts = [chat_head(tokenizer, prompt) + GOOD.format(s=skill) for prompt, skill in eval_prompts()]
+    rows = greedy_continuations(model, tokenizer, texts, max_new_tokens)
+    return sum(map(len, rows)) / len(rows)
 
 
 @torch.no_grad()
 def completion_logps(model, tokenizer, prompt: str, completion: str) -> float:
     """Summed log-prob of the assistant turn `completion` (with its end-of-turn tokens) after the chat prompt."""
-    head = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    head = chat_head(tokenizer, prompt)
     full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
                                           {"role": "assistant", "content": completion}], tokenize=False)
     n_head = len(tokenizer(head, add_special_tokens=False)["input_ids"])
