@@ -66,7 +66,8 @@ VARIANT_PRESETS: dict[str, dict] = {
         "cpo_alpha": 0.0,          # no behaviour-cloning term: plain SimPO (cpo_alpha > 0 gives CPO-SimPO)
         "beta": 2.5,               # the authors' Llama-3-8B-Instruct config; their base-model runs use 2.0
         "simpo_gamma": 1.375,      # TRL's gamma is absolute: gamma/beta = 0.55 in that config, times beta 2.5
-        "learning_rate": 1e-6,     # the same config (full fine-tuning; LoRA usually needs a larger lr)
+        # (that config's learning rate, 1e-6, is for full fine-tuning: the learning rate comes from the training
+        # preset or config, as for every recipe, since LoRA needs a larger one)
     },
     "kto": {
         "config_class": "trl.KTOConfig",

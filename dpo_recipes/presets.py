@@ -59,7 +59,7 @@ PRESETS: dict[str, dict] = {
         "per_device_train_batch_size": 4,
         "gradient_accumulation_steps": 8,  # effective batch 32 per device, as in the handbook's recipes
         "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.1,
+        "warmup_steps": 0.1,             # 10% of the steps: a ratio when < 1 (transformers 5 has no warmup_ratio)
         "max_length": 1024,              # 512-1024 covers most chat preference data; audit with `dpo-recipes validate`
         "gradient_checkpointing": True,  # memory, not speed, is what limits batch size on a GPU
         "logging_steps": 10,
@@ -77,7 +77,7 @@ PRESETS: dict[str, dict] = {
         "per_device_train_batch_size": 8,
         "gradient_accumulation_steps": 2,
         "lr_scheduler_type": "cosine",
-        "warmup_ratio": 0.1,
+        "warmup_steps": 0.1,             # 10% of the steps (a ratio when < 1)
         "max_length": 1024,
         "gradient_checkpointing": True,
         "logging_steps": 10,
@@ -88,8 +88,27 @@ PRESETS: dict[str, dict] = {
     },
     **LOSS_PRESETS,
 }
+# LoRA DPO of your own data on a CPU: lora-gpu's DPO, without the GPU's memory trade-off.
+PRESETS["lora-cpu"] = {
+    **PRESETS["lora-gpu"],
+    "gradient_checkpointing": False,  # a CPU run is limited by compute, not memory: recomputing costs ~30% speed
+}
 
+# The preset of the default (identity) run; its YAML names it. A run that names no preset gets `default_preset()`.
 DEFAULT_PRESET = "identity-lora-cpu"
+# Presets that set only training values (the rest are DPO loss variants, for the DPO recipe only).
+TRAINING_PRESETS = ("identity-lora-cpu", "lora-cpu", "lora-gpu", "full-gpu")
+# Keys that define the DPO loss: a recipe with another trainer (ORPO, SimPO, KTO) takes its loss from
+# `loss_presets.VARIANT_PRESETS` instead, so a training preset's values for these do not apply to it.
+DPO_LOSS_KEYS = ("loss_type", "loss_weights", "beta", "label_smoothing", "precompute_ref_log_probs", "loss_hook",
+                 "odpo_alpha", "odpo_ratio", "rdpo_alpha")
+
+
+def default_preset() -> str:
+    """The preset of a run that names none: LoRA DPO for this machine's hardware."""
+    import torch
+
+    return "lora-gpu" if torch.cuda.is_available() else "lora-cpu"
 
 
 def hardware_defaults() -> dict:
@@ -116,15 +135,31 @@ def use_all_cpu_cores(world_size: int) -> None:
         torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 
-def preset_defaults(names: str | None = None) -> dict:
-    """Hardware defaults overlaid with the presets in `names` ('a,b': b's values win), default: DEFAULT_PRESET."""
+def preset_defaults(names: str | None = None, variant: str | None = None) -> dict:
+    """Hardware defaults overlaid with the presets in `names` ('a,b': b's values win), default: `default_preset()`.
+
+    `variant` ('orpo', 'simpo', 'kto'): values for that recipe's trainer. Training presets apply without their DPO
+    loss keys, the variant's loss settings (`loss_presets.VARIANT_PRESETS`) go on top, and DPO loss presets are refused.
+    """
+    from dpo_recipes.loss_presets import VARIANT_PRESETS, variant_defaults
+
     values = hardware_defaults()
-    for name in (names or DEFAULT_PRESET).split(","):
+    for name in (names or default_preset()).split(","):
         name = name.strip()
         if name not in PRESETS:
             raise DPORecipesError(f"Unknown preset {name!r}. Known presets: {', '.join(sorted(PRESETS))}.")
         preset = PRESETS[name]
+        if variant is not None:
+            if name not in TRAINING_PRESETS:
+                raise DPORecipesError(
+                    f"Preset {name!r} sets a DPO loss; recipes/{variant}.py trains {variant.upper()}, whose loss "
+                    f"settings come from its config. Use a training preset: {', '.join(TRAINING_PRESETS)}.")
+            preset = {k: v for k, v in preset.items() if k not in DPO_LOSS_KEYS}
         if "loss_type" in preset and "loss_weights" not in preset:
             values.pop("loss_weights", None)  # weights belong to the loss list they were written for
         values.update(preset)
+    if variant is not None:
+        if variant not in VARIANT_PRESETS:
+            raise DPORecipesError(f"Unknown variant {variant!r}; known: {', '.join(VARIANT_PRESETS)}.")
+        values.update(variant_defaults(variant))
     return values

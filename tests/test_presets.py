@@ -4,7 +4,7 @@ import pytest
 
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.presets import DEFAULT_PRESET, PRESETS, hardware_defaults, preset_defaults
+from dpo_recipes.presets import DEFAULT_PRESET, PRESETS, default_preset, hardware_defaults, preset_defaults
 
 
 def test_hardware_defaults_never_ask_for_bf16_without_a_gpu():
@@ -34,7 +34,8 @@ def test_precedence_is_preset_then_yaml_then_cli(tmp_path):
     _, args, _ = parse_recipe_args(None, ["--config", str(config), "--beta", "0.2"])
     assert args.learning_rate == 0.001  # YAML over preset
     assert args.beta == 0.2  # CLI over YAML
-    assert args.max_steps == PRESETS[DEFAULT_PRESET]["max_steps"]  # preset where neither speaks
+    # preset where neither speaks: none named, so the hardware's LoRA preset
+    assert args.gradient_accumulation_steps == PRESETS[default_preset()]["gradient_accumulation_steps"]
 
 
 def test_overlaying_a_loss_preset_drops_weights_written_for_another_loss_list():
