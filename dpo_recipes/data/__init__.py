@@ -41,14 +41,16 @@ class PreferenceData:
 def load_preference_data(source: str, *, split: str = "train", data_format: str | None = None,
                          column_map: str | dict | None = None, validation: str = "strict",
                          config: ValidationConfig | None = None, tokenizer=None,
-                         max_length: int | None = None, min_rows: int = 1) -> PreferenceData:
+                         max_length: int | None = None, min_rows: int = 1,
+                         drop_prompt_too_long: bool = False) -> PreferenceData:
     """Read `source`, normalize it to prompt/chosen/rejected (+ scores), and apply the row rules.
 
     `source`: a .jsonl/.json/.csv/.parquet file (optionally .gz), a `save_to_disk` folder, or a hub id.
     `data_format`: force one of `FORMATS` instead of detecting it. `column_map`: 'src:dst,...' or a dict.
     `validation`: strict (drop failing rows) | warn (keep, report) | off (no row rules).
     `tokenizer` / `max_length` (tokens, prompt + completion as in DPOConfig): enable the token-based minimum
-    lengths and the count of pairs that will be truncated.
+    lengths and the count of pairs that will be truncated. `drop_prompt_too_long`: also drop (and count) the pairs
+    the trainer would drop because their prompt fills `max_length` (recipes set it).
 
     Raises `DPORecipesError` for structural problems (unreadable file, bad syntax, wrong types, missing
     columns, no rows), and when fewer than `min_rows` rows are kept (0 disables; the CLI's `validate` uses 0).
@@ -63,14 +65,27 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
     fmt = detect_format(raw, columns, data_format)
     norm = normalize(raw, columns, fmt)
     keep, report = run_rules(norm, raw, validation=validation, config=config, tokenizer=tokenizer,
-                             max_length=max_length)
+                             max_length=max_length, drop_prompt_too_long=drop_prompt_too_long)
     if len(keep) < min_rows:
-        raise DPORecipesError(f"{source}: only {len(keep)} of {report.total_rows} rows pass validation "
-                              f"(need {min_rows}).\n{report.summary()}\nFix the data, relax the thresholds "
-                              "(ValidationConfig), or use --validation warn.")
+        raise DPORecipesError(_too_few_rows(source, len(keep), min_rows, report))
     data = {"prompt": [norm.prompt[i] for i in keep], "chosen": [norm.chosen[i] for i in keep],
             "rejected": [norm.rejected[i] for i in keep]}
     if norm.scored:
         data["score_chosen"] = [norm.score_chosen[i] for i in keep]
         data["score_rejected"] = [norm.score_rejected[i] for i in keep]
     return PreferenceData(dataset=datasets.Dataset.from_dict(data), report=report)
+
+
+def _too_few_rows(source: str, kept: int, min_rows: int, report: ValidationReport) -> str:
+    """One line: how many rows are left, what dropped them, and what to change."""
+    drops = sorted(((n, rule) for rule, n in report.dropped.items() if n), reverse=True)
+    why = ", ".join(f"{rule} {n}" for n, rule in drops) or "none dropped"
+    hints = []
+    if report.dropped.get("prompt_too_long"):
+        hints.append(f"raise --max_length (now {report.max_length} tokens; the prompt alone must fit with room for "
+                     "the answer)")
+    if any(n for rule, n in report.dropped.items() if rule != "prompt_too_long"):
+        hints.append("fix the data or relax the rule thresholds (--min_chosen_chars, --max_similarity, ...), or use "
+                     "--validation warn")
+    return (f"{source}: only {kept} of {report.total_rows} rows pass validation (need {min_rows}); dropped: {why}. "
+            f"{'; '.join(hints).capitalize() or 'Check the data'}.")

@@ -10,6 +10,18 @@ from __future__ import annotations
 _BATCH = 2048
 
 
+def require_chat_template(tokenizer, model_name: str | None = None) -> None:
+    """Conversational data needs the tokenizer's chat template (TRL renders messages with it): say so in one line."""
+    from dpo_recipes.errors import DPORecipesError
+
+    if not getattr(tokenizer, "chat_template", None):
+        name = model_name or getattr(tokenizer, "name_or_path", "") or "this model"
+        raise DPORecipesError(
+            f"The data is conversational (lists of messages), but the tokenizer of {name} has no chat template (a "
+            "base model?), and TRL renders messages with it. Use the model's instruct version, add a "
+            "chat_template.jinja to a local copy of the model folder, or give plain prompt/chosen/rejected strings.")
+
+
 def count_tokens(texts: list, tokenizer) -> list[int]:
     """Tokens per text (no special tokens); None counts 0. Batched for fast tokenizers."""
     out: list[int] = []
@@ -34,3 +46,39 @@ def prompt_token_counts(prompts: list, tokenizer) -> list[int]:
 def completion_token_counts(texts: list, tokenizer) -> list[int]:
     """Tokens per completion text, plus the end-of-sequence token DPOTrainer appends."""
     return [n + 1 for n in count_tokens(texts, tokenizer)]
+
+
+def trainer_prompt_lengths(prompts: list, chosen: list, rejected: list, tokenizer) -> list[int]:
+    """Prompt tokens per pair exactly as TRL 1.16's DPOTrainer counts them before it drops long prompts.
+
+    DPOTrainer (`_prepare_dataset`) appends EOS to plain completions, tokenizes prompt, prompt + chosen and prompt +
+    rejected (plain text with the tokenizer's special tokens, conversations with the chat template), and takes the
+    prompt to end where those token lists first diverge. It then drops every pair whose prompt is >= max_length
+    tokens. TRL's own tokenizing functions are used here, so the count is the one TRL will apply.
+    """
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    if any(isinstance(p, list) for p in prompts):
+        require_chat_template(tokenizer)
+    eos = tokenizer.eos_token or ""
+    plain = [i for i, p in enumerate(prompts) if not isinstance(p, list)]
+    out = [0] * len(prompts)
+    for start in range(0, len(plain), _BATCH):
+        idx = plain[start:start + _BATCH]
+        ps = [prompts[i] or "" for i in idx]
+        cs = [ps[k] + _with_eos(chosen[i] or "", eos) for k, i in enumerate(idx)]
+        rs = [ps[k] + _with_eos(rejected[i] or "", eos) for k, i in enumerate(idx)]
+        p_ids, c_ids, r_ids = (tokenizer(texts)["input_ids"] for texts in (ps, cs, rs))
+        for k, i in enumerate(idx):
+            out[i] = min(common_prefix_length(p_ids[k], c_ids[k]), common_prefix_length(p_ids[k], r_ids[k]))
+    for i, p in enumerate(prompts):
+        if isinstance(p, list):
+            p_ids = _tokenize(tokenizer, p, add_generation_prompt=True)["input_ids"]
+            c_ids = _tokenize(tokenizer, p + (chosen[i] or []))["input_ids"]
+            r_ids = _tokenize(tokenizer, p + (rejected[i] or []))["input_ids"]
+            out[i] = min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids))
+    return out
+
+
+def _with_eos(text: str, eos: str) -> str:
+    return text if not eos or text.endswith(eos) else text + eos

@@ -21,7 +21,7 @@ MODES = ("strict", "warn", "off")
 # Order matters: a row is charged to the first rule it fails. Cheap, certain rules first; duplicates last so a
 # duplicate is only counted as one when its first copy is kept.
 RULES = ("missing_prompt", "prompt_mismatch", "empty_field", "missing_score", "identical", "too_short",
-         "score_order", "too_similar", "duplicate", "truncated")
+         "score_order", "too_similar", "duplicate", "truncated", "prompt_too_long")
 RULE_HELP = {
     "missing_prompt": "no prompt (null, empty, or no shared prefix / Human turn to take it from)",
     "prompt_mismatch": "HH-RLHF chosen and rejected transcripts differ before the last Assistant turn",
@@ -33,6 +33,8 @@ RULE_HELP = {
     "too_similar": "chosen/rejected similarity above the maximum (rapidfuzz Indel ratio)",
     "duplicate": "exact duplicate of an earlier kept pair (prompt, chosen, rejected)",
     "truncated": "prompt + longer completion exceeds max_length tokens (dropped only with drop_truncated)",
+    "prompt_too_long": "the prompt alone fills max_length tokens: the trainer drops the pair (no completion token "
+                       "left to learn from), in every validation mode",
 }
 
 
@@ -95,16 +97,22 @@ class ValidationReport:
         kind = self.format + (" + scores" if self.scored else "")
         pct = 100.0 * self.kept / self.total_rows if self.total_rows else 0.0
         lines = [f"{self.source}: {kind}, {self.total_rows:,} rows, validation {self.validation}"]
+        forced = self.dropped.get("prompt_too_long", 0) if self.validation != "strict" else 0
         if self.validation == "off":
             lines.append(f"  kept {self.kept:,} (row rules off)")
         else:
-            counts = self.dropped if self.validation == "strict" else self.flagged
+            counts = dict(self.dropped if self.validation == "strict" else self.flagged)
+            counts["prompt_too_long"] -= forced
             verb = "dropped" if self.validation == "strict" else "would drop (kept: warn mode)"
             lines.append(f"  kept {self.kept:,} ({pct:.1f}%), {verb} {sum(counts.values()):,}")
             for rule in RULES:
                 if counts.get(rule):
                     where = ", ".join(e["where"] for e in self.examples.get(rule, []))
                     lines.append(f"    {rule:<16}{counts[rule]:>9,}   e.g. {where}")
+        if forced:
+            where = ", ".join(e["where"] for e in self.examples.get("prompt_too_long", []))
+            lines.append(f"  dropped {forced:,} whose prompt fills max_length={self.max_length} tokens (the trainer "
+                         f"drops them in every mode), e.g. {where}")
         if self.warnings.get("truncated"):
             where = ", ".join(e["where"] for e in self.examples.get("truncated", []))
             lines.append(f"  warning: {self.warnings['truncated']:,} kept pairs exceed max_length={self.max_length} "
@@ -148,8 +156,14 @@ def _similar(chosen: list[str], rejected: list[str], threshold: float, workers: 
 
 
 def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", config: ValidationConfig | None = None,
-              tokenizer=None, max_length: int | None = None) -> tuple[list[int], ValidationReport]:
-    """Apply the rules; return (indices of rows to keep, report)."""
+              tokenizer=None, max_length: int | None = None,
+              drop_prompt_too_long: bool = False) -> tuple[list[int], ValidationReport]:
+    """Apply the rules; return (indices of rows to keep, report).
+
+    `drop_prompt_too_long` (with `tokenizer` and `max_length`): drop, in every mode, the pairs whose prompt alone
+    fills `max_length` as TRL's trainer counts it, since the trainer would drop them itself without a word; the
+    report then counts exactly the pairs that train.
+    """
     if validation not in MODES:
         raise DPORecipesError(f"--validation {validation!r}: choose one of {', '.join(MODES)}.")
     cfg = config or ValidationConfig()
@@ -247,6 +261,19 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                             reason[i] = "_truncated_kept"
                 warnings["truncated"] = 0 if cfg.drop_truncated else count
 
+    if drop_prompt_too_long and max_length is not None and tokenizer is not None:
+        from dpo_recipes.data.lengths import trainer_prompt_lengths
+
+        todo = [i for i in range(n) if reason[i] in (None, "_truncated_kept") and norm.prompt[i]]
+        lp = trainer_prompt_lengths([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
+                                    [norm.rejected[i] for i in todo], tokenizer)
+        for i, length in zip(todo, lp):
+            if length >= max_length:
+                if reason[i] == "_truncated_kept":
+                    warnings["truncated"] -= 1
+                reason[i] = "prompt_too_long"
+                detail[i] = f"prompt {length} tokens >= max_length {max_length}"
+
     flagged = {rule: 0 for rule in RULES}
     examples: dict[str, list[dict]] = {}
     for i, why in enumerate(reason):
@@ -262,12 +289,14 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
     if validation == "strict":
         keep = [i for i, why in enumerate(reason) if why is None or why == "_truncated_kept"]
         dropped = dict(flagged)
-    else:
-        keep = list(range(n))
-        dropped = {rule: 0 for rule in RULES}
+    else:  # warn and off keep every row, except those the trainer would drop anyway
+        keep = [i for i, why in enumerate(reason) if why != "prompt_too_long"]
+        dropped = {rule: 0 for rule in RULES} | {"prompt_too_long": flagged["prompt_too_long"]}
+    if validation == "off":
+        flagged = dict(dropped)
     report = ValidationReport(
         source=raw.source, format=norm.format, scored=norm.scored, validation=validation, total_rows=n,
-        kept=len(keep), dropped=dropped, flagged=flagged if validation != "off" else {rule: 0 for rule in RULES},
+        kept=len(keep), dropped=dropped, flagged=flagged,
         warnings=warnings, examples=examples, ignored_columns=norm.ignored_columns, max_length=max_length,
         notes=notes, config=asdict(cfg))
     assert report.kept + sum(report.dropped.values()) == report.total_rows
