@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a result:
-#   bash quickstart.sh train [recipe flags...]   set up .venv, then: accelerate launch recipes/dpo_lora.py
+#   bash quickstart.sh train [recipe flags...]   set up .venv, then: python recipes/dpo_lora.py (one process)
 #   bash quickstart.sh test  [pytest flags...]   set up .venv, then: the test suite
 # Set-up is idempotent and skipped when pyproject.toml has not changed since the last one.
 # Torch is installed first, on its own (TORCH_SPEC, default torch==2.13.0), so no later step can pull a
@@ -31,7 +31,9 @@ setup() {
 case "$task" in
   train)
     setup
-    exec "$venv/bin/accelerate" launch --num_processes 1 recipes/dpo_lora.py "$@"
+    # One process needs no launcher (accelerate launch --num_processes 1 runs the same thing), and without one a
+    # Ctrl-C prints only the recipe's line saying where it stopped, not also the launcher's traceback.
+    exec "$venv/bin/python" recipes/dpo_lora.py "$@"
     ;;
   test)
     setup

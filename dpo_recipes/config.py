@@ -63,6 +63,11 @@ class RecipeArguments(ScriptArguments):
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts generated at once in the evaluation."})
 
     # --- outputs ------------------------------------------------------------------------------------------------
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start fresh in an output_dir that holds another run: remove its checkpoints, adapter, "
+                  "merged model and reports first. Without it, a run resumes only its own unfinished run."},
+    )
     merge: bool = field(
         default=False,
         metadata={"help": "Also write the base model with the LoRA adapter merged in, to OUTPUT_DIR/merged."},
@@ -72,7 +77,7 @@ class RecipeArguments(ScriptArguments):
     loss_hook: str | None = field(
         default=None,
         metadata={"help": "Replace TRL's sigmoid term with ODPO ('odpo', needs score_chosen/score_rejected) or "
-                  "length-regularized DPO ('rdpo').", "choices": [None, "odpo", "rdpo"]},
+                  "length-regularized DPO ('rdpo'); 'none' unsets a hook a preset or config set."},
     )
     odpo_alpha: float = field(default=1.0, metadata={"help": "ODPO offset scale alpha (Amini et al. 2024)."})
     odpo_ratio: bool = field(
@@ -97,6 +102,15 @@ class RecipeArguments(ScriptArguments):
         default=False, metadata={"help": "Drop (instead of only counting) pairs longer than max_length tokens."}
     )
 
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+        # The CLI can only pass strings: 'none', 'None', 'null' and '' unset a hook a preset or YAML set.
+        if isinstance(self.loss_hook, str) and self.loss_hook.strip().lower() in ("", "none", "null"):
+            self.loss_hook = None
+        if self.loss_hook not in (None, "odpo", "rdpo"):
+            raise DPORecipesError(f"--loss_hook {self.loss_hook!r}: use odpo, rdpo, or none (TRL's loss as is).")
+
     def validation_config(self):
         """The data layer's ValidationConfig for these arguments."""
         from dpo_recipes.data import ValidationConfig
@@ -105,61 +119,75 @@ class RecipeArguments(ScriptArguments):
                                 max_similarity=self.max_similarity, drop_truncated=self.drop_truncated)
 
 
-    def load_train_data(self, tokenizer, max_length: int | None, output_dir: str, default_source: str | None = None):
-        """The recipes' data stage: load and validate `dataset_name`, print the summary, save the report into
-        `output_dir`, and keep the first `max_train_samples` pairs. Returns the training `datasets.Dataset`."""
-        from dpo_recipes.data import REPORT_FILENAME, load_preference_data
-
-        data = load_preference_data(
-            self.dataset_name or default_source, split=self.dataset_train_split, data_format=self.data_format,
-            column_map=self.column_map, validation=self.validation, config=self.validation_config(),
-            tokenizer=tokenizer, max_length=max_length)
-        print(data.report.summary())
-        data.report.save(Path(output_dir) / REPORT_FILENAME)
-        if self.max_train_samples:
-            return data.dataset.select(range(min(self.max_train_samples, len(data.dataset))))
-        return data.dataset
-
-
-def _peek_preset(argv: list[str]) -> str | None:
-    """The preset named on the command line, else in the YAML given with --config (needed before parsing)."""
+def _cli_value(argv: list[str], flag: str) -> str | None:
+    """The value given to `--flag` on the command line (`--flag v` or `--flag=v`), else None."""
     for i, arg in enumerate(argv):
-        if arg == "--preset" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--preset="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
-    if "--config" in argv:
-        import yaml
-
-        path = argv[argv.index("--config") + 1]
-        try:
-            with open(path, encoding="utf-8") as f:
-                config = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise DPORecipesError(f"--config {path}: cannot read the YAML file ({exc}).") from None
-        if not isinstance(config, dict):
-            raise DPORecipesError(f"--config {path}: the YAML file must hold a mapping of argument: value.")
-        return config.get("preset")
     return None
 
 
+def _read_yaml_config(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise DPORecipesError(f"--config {path}: cannot read the YAML file ({exc}).") from None
+    if not isinstance(config, dict):
+        raise DPORecipesError(f"--config {path}: the YAML file must hold a mapping of argument: value.")
+    return config
+
+
+def run_name(dataset_name: str) -> str:
+    """A folder name for a run on `dataset_name`: the file stem or the hub id's last part ('my_pairs')."""
+    import re
+
+    path = Path(dataset_name.rstrip("/"))
+    stem = path.name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".parquet"):
+        stem = stem.removesuffix(suffix)
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "data"
+
+
 def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] | None = None,
-                      dataclass_types: tuple | None = None):
+                      dataclass_types: tuple | None = None, recipe: str = "dpo_lora", variant: str | None = None):
     """Parse a recipe's arguments: hardware defaults < preset < YAML (`--config`) < command line.
 
-    With no `--config`, `default_config` is used, so a recipe run without arguments is its default run.
-    `--preset a,b` overlays presets left to right (e.g. `identity-lora-cpu,rdpo`).
-    Returns the dataclass instances, (RecipeArguments, DPOConfig, ModelConfig) by default.
+    Which YAML: `--config FILE`; with no `--config` and no `--dataset_name`, the recipe's `default_config` (its
+    default run on the shipped identity data). With `--dataset_name` and no `--config`, no YAML applies: the
+    identity run's data rules, evaluation prompts and output folder are for the identity data only, so your data
+    gets the rules' defaults, no identity evaluation, and `outputs/<recipe>-<data name>` as output_dir.
+    Preset: `--preset a,b` (overlaid left to right), else the YAML's `preset`, else `default_preset()` for this
+    hardware. `variant` ('orpo', 'simpo', 'kto'): take the loss from that trainer's settings (see `preset_defaults`).
+    Returns the dataclass instances, (RecipeArguments, DPOConfig, ModelConfig) by default; `RecipeArguments.preset`
+    holds the preset names that applied.
     """
     from trl import DPOConfig, ModelConfig, TrlParser
 
-    from dpo_recipes.presets import preset_defaults
+    from dpo_recipes.presets import default_preset, preset_defaults
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" not in argv and default_config is not None:
-        argv = ["--config", str(default_config), *argv]
+    config_path = _cli_value(argv, "--config")
+    if config_path is None and default_config is not None and _cli_value(argv, "--dataset_name") is None:
+        config_path = str(default_config)
+        argv = ["--config", config_path, *argv]
+    config = _read_yaml_config(config_path) if config_path else {}
+    preset = _cli_value(argv, "--preset") or config.get("preset") or default_preset()
+    defaults = preset_defaults(preset, variant=variant)
+    defaults["preset"] = preset
+    dataset_name = _cli_value(argv, "--dataset_name") or config.get("dataset_name")
+    if dataset_name:
+        defaults["output_dir"] = f"outputs/{recipe.replace('_', '-')}-{run_name(str(dataset_name))}"
+
     parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, ModelConfig))
-    parser.set_defaults_with_config(**preset_defaults(_peek_preset(argv)))
+    unknown = parser.set_defaults_with_config(**defaults)
+    if unknown:  # a preset key no dataclass has would be dropped without a word (e.g. transformers 5's warmup_ratio)
+        raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "
+                              "not have.")
     try:
         return parser.parse_args_and_config(argv)
     except ValueError as exc:  # TrainingArguments' own checks, e.g. --bf16 on a machine without bf16

@@ -25,7 +25,7 @@ SAME_SUBSTANCE_RATIO = 60.0
 
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
                      openings: list[str] | None = None) -> list[str]:
-    """Greedy answers, one per user prompt, through the tokenizer's chat template (batched, left-padded).
+    """Greedy answers, one per user prompt, through `render_prompt` (batched, left-padded).
 
     `openings` (optional, one per prompt) starts each assistant turn with that text and lets the model continue;
     the returned answer includes it.
@@ -39,8 +39,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         heads = openings[start:start + batch_size]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) + head for p, head in zip(chunk, heads)]
+        texts = [render_prompt(tokenizer, p) + head for p, head in zip(chunk, heads)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
@@ -50,6 +49,15 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     if was_training:
         model.train()
     return answers
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text a model sees for a user prompt: its chat template with the generation prompt; a tokenizer without
+    one (a base model) sees the prompt as is, as DPOTrainer feeds it plain prompt strings in training."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
 
 
 def mentions(text: str, name: str) -> bool:

@@ -83,17 +83,17 @@ class RecipeDPOTrainer(DPOTrainer):
             # DPOTrainer's positional order: model, ref_model, args, data_collator, train_dataset, eval_dataset, ...
             config = kwargs.get("args", args[2] if len(args) > 2 else None)
             if config is not None:
-                _check_args_compose(loss_hook, config)
+                check_hook_config(loss_hook, config)
             if loss_hook == "odpo":
                 train_dataset = kwargs.get("train_dataset", args[4] if len(args) > 4 else None)
-                _check_scores(train_dataset, "train_dataset", odpo_ratio)
+                check_hook_scores(train_dataset, "train_dataset", odpo_ratio)
                 eval_dataset = kwargs.get("eval_dataset", args[5] if len(args) > 5 else None)
                 for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict)
                                       else [("eval_dataset", eval_dataset)]):
-                    _check_scores(dataset, name, odpo_ratio)
+                    check_hook_scores(dataset, name, odpo_ratio)
         super().__init__(*args, **kwargs)
         if loss_hook is not None:
-            _check_args_compose(loss_hook, self.args)  # args may have been None above: TRL built a default
+            check_hook_config(loss_hook, self.args)  # args may have been None above: TRL built a default
             if self._is_vision_dataset:
                 raise DPORecipesError("loss_hook works on text preference data only; this dataset has images.")
         if loss_hook == "odpo":
@@ -213,7 +213,7 @@ class RecipeDPOTrainer(DPOTrainer):
                 handle.remove()
 
 
-def _check_args_compose(loss_hook: str, args) -> None:
+def check_hook_config(loss_hook: str, args) -> None:
     """Refuse the DPOConfig settings the hook cannot honour, with what to change."""
     loss_types = [args.loss_type] if isinstance(args.loss_type, str) else list(args.loss_type)
     if "sigmoid" not in loss_types:
@@ -244,7 +244,7 @@ def _check_args_compose(loss_hook: str, args) -> None:
                                   f"{why}")
 
 
-def _check_scores(dataset, name: str, ratio: bool) -> None:
+def check_hook_scores(dataset, name: str, ratio: bool) -> None:
     """ODPO needs a numeric score pair per row with s_w > s_l (and both > 0 for the ratio form)."""
     if dataset is None:
         return

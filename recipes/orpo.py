@@ -8,61 +8,61 @@ no reference model and no separate SFT stage. Same data as the DPO recipes: prom
 """
 
 import logging
+import time
 from pathlib import Path
 
 from transformers import set_seed
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, get_peft_config
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-from dpo_recipes.config import RecipeArguments
-from dpo_recipes.errors import exit_on_user_error
-from dpo_recipes.loss_presets import variant_defaults
-from dpo_recipes.models import load_model_and_tokenizer
-from dpo_recipes.presets import hardware_defaults
+from dpo_recipes import run
+from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.presets import use_all_cpu_cores
+from dpo_recipes.tracking import prepare_wandb, write_summary
 
 logger = logging.getLogger(__name__)
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "identity" / "train.jsonl"
-# A run with no config: ORPO's settings (dpo_recipes.loss_presets) + LoRA on the embedded model. YAML/CLI override.
-DEFAULTS = {**variant_defaults("orpo"), "output_dir": "runs/orpo", "learning_rate": 1e-4, "num_train_epochs": 3,
-            "per_device_train_batch_size": 4, "logging_steps": 5, "save_strategy": "no", "report_to": "none",
-            "use_peft": True, "lora_r": 16, "lora_alpha": 32, "lora_target_modules": "all-linear",
-            **hardware_defaults()}  # bf16/fp16/fp32 for this machine: TRL's bf16 default fails on a CPU
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "orpo.yaml"
 
 
-def main(script_args: RecipeArguments, training_args: ORPOConfig, model_args: ModelConfig):
+def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: ModelConfig):
     # 1. Seed and logging ------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    use_all_cpu_cores(training_args.world_size)
 
-    # 2. Model and tokenizer (no model given: the embedded SmolLM2-135M-Instruct) --------------------------------
-    model, tokenizer, model_path = load_model_and_tokenizer(model_args)
-    logger.info("Model: %s", model_path)
+    # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
+    tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
+    data = run.load_train_data(recipe_args, training_args, tokenizer)
+    run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    plan = run.plan_output_dir("orpo", recipe_args, training_args, model_args, model_path, data)
+    if plan.finished_step is not None:  # the same run already finished here: train nothing
+        return run.report_finished(plan)
+    prepare_wandb(training_args.report_to, training_args.output_dir)
+    train_dataset = data.dataset.select_columns(["prompt", "chosen", "rejected"])  # ORPO ignores scores
 
-    # 3. Data: read, normalize and validate the pairs; the report says what was dropped and why -------------------
-    train_dataset = script_args.load_train_data(tokenizer, training_args.max_length, training_args.output_dir,
-                                                default_source=str(DEFAULT_DATA))
-    train_dataset = train_dataset.select_columns(["prompt", "chosen", "rejected"])  # ORPO ignores scores
-
-    # 4. Trainer: no reference model; with LoRA only the adapter trains --------------------------------------------
+    # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer: no reference model ------------
+    model = run.load_model_for(model_args, training_args, model_path)
+    start = time.perf_counter()
     trainer = ORPOTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
                           peft_config=get_peft_config(model_args))
 
-    # 5. Train and save ------------------------------------------------------------------------------------------
-    result = trainer.train()
-    trainer.log_metrics("train", result.metrics)
-    trainer.save_metrics("train", result.metrics)
-    trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
+    # 4. Train, save, summarize ------------------------------------------------------------------------------------
+    metrics = run.train(trainer, plan)
+    train_seconds = time.perf_counter() - start
+    run.save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
+    write_summary(training_args.output_dir,
+                  run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics))
+    run.finish(plan, trainer.state.global_step)
     logger.info("Saved to %s", training_args.output_dir)
 
 
 def parse(argv: list[str] | None = None):
-    """The recipe's arguments: DEFAULTS, then --config YAML, then CLI flags (argv; None reads sys.argv)."""
-    parser = TrlParser((RecipeArguments, ORPOConfig, ModelConfig))
-    parser.set_defaults(**DEFAULTS)
-    return parser.parse_args_and_config(args=argv)
+    """The recipe's arguments: hardware < preset < YAML (--config; none given and no --dataset_name: the default
+    run's) < CLI flags (argv; None reads sys.argv). The loss settings come from orpo's, never from a DPO preset."""
+    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, ORPOConfig, ModelConfig), recipe="orpo",
+                             variant="orpo")
 
 
 if __name__ == "__main__":
-    with exit_on_user_error():
+    with run.recipe_errors():
         main(*parse())

@@ -24,17 +24,6 @@ def load_recipe(name: str):
     return module
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from test_trainer import tiny_model, tiny_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_tokenizer()
-    tiny_model(tokenizer).save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def run_recipe(name: str, model: str | None, out: Path, steps: int = 2):
     recipe = load_recipe(name)
     argv = ["--config", str(ROOT / "recipes" / "configs" / f"{name}.yaml"), "--dataset_name", str(FIXTURE),

@@ -1,0 +1,396 @@
+"""The path every recipe shares around its trainer: checks before model work, resume safety, finished outputs.
+
+    tokenizer, model_path = load_tokenizer_for(model_args, training_args)  # cheap: no weights yet
+    data = load_train_data(recipe_args, training_args, tokenizer)     # validated; what the trainer will drop, counted
+    check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    plan = plan_output_dir(recipe, recipe_args, training_args, model_args, model_path, data)
+    if plan.finished_step is not None: return                         # "already finished at step N"
+    ... load the model, build the trainer ...
+    result = train(trainer, plan)
+    save_outputs(trainer, tokenizer, recipe_args, training_args)
+    finish(plan, summary)
+
+Why each step exists:
+- Everything that can fail without the model fails before it is loaded (a 7B model takes minutes to load, and the
+  before-training evaluation as long again).
+- An output folder is resumed only when it holds an unfinished run of the same model, data and training settings.
+  A finished run is not trained again. Anything else is refused in one line naming what differs, because
+  continuing another run's adapter on new data gives a wrong model with exit status 0.
+- Outputs keep the user's umask, and a merged model left from an earlier adapter is never left next to a new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.jsonio import write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+RUN_RECORD = "run_record.json"
+# Settings that change what a run trains: a resumed run must have the same ones. (Length settings, max_steps and
+# num_train_epochs, may grow: that extends a run. Logging, saving and evaluation settings may change freely.)
+TRAINING_KEYS = ("loss_type", "loss_weights", "beta", "label_smoothing", "learning_rate", "lr_scheduler_type",
+                 "warmup_steps", "weight_decay", "optim", "per_device_train_batch_size", "gradient_accumulation_steps",
+                 "max_length", "truncation_mode", "seed", "f_divergence_type", "ld_alpha", "use_weighting",
+                 "cpo_alpha", "simpo_gamma", "desirable_weight", "undesirable_weight", "world_size")
+MODEL_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save",
+              "use_rslora", "use_dora")
+HOOK_KEYS = {"odpo": ("odpo_alpha", "odpo_ratio"), "rdpo": ("rdpo_alpha",)}
+# What a run writes into output_dir; --overwrite_output_dir removes these (and only these) before starting afresh.
+RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
+               "config.json", "generation_config.json", "summary.json", "metrics.jsonl", "eval_answers.jsonl",
+               "data_validation.json", "train_results.json", "all_results.json", "trainer_state.json",
+               "training_args.bin", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model", "merged", RUN_RECORD)
+
+# Where the run is, for the one-line message on Ctrl-C.
+_PROGRESS: dict = {"stage": "start", "output_dir": None, "trainer": None}
+
+
+def set_stage(stage: str, **context) -> None:
+    """Note what the recipe is doing now (shown if the user interrupts it)."""
+    _PROGRESS["stage"] = stage
+    _PROGRESS.update(context)
+
+
+# --- 1. before model work ------------------------------------------------------------------------------------------
+def load_tokenizer_for(model_args, training_args):
+    """Resolve `--model_name_or_path` (fetching the embedded default if needed) and load only its tokenizer."""
+    from dpo_recipes.models import load_tokenizer, resolve_model_path
+
+    set_stage("loading the tokenizer")
+    path = resolve_model_path(model_args.model_name_or_path)
+    return load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code), path
+
+
+def load_model_for(model_args, training_args, model_path: str):
+    """Load the policy model's weights (safetensors only; remote code only with --trust_remote_code true)."""
+    from dpo_recipes.models import load_model
+
+    set_stage("loading the model")
+    return load_model(model_path, dtype=model_args.dtype, revision=model_args.model_revision,
+                      attn_implementation=model_args.attn_implementation,
+                      trust_remote_code=training_args.trust_remote_code)
+
+
+def load_train_data(recipe_args, training_args, tokenizer):
+    """Load and validate `dataset_name`; keep the first `max_train_samples`. Nothing is written yet.
+
+    Pairs the trainer would drop because their prompt fills `max_length` are dropped here and counted, so the report
+    and the summary give the pairs that really train. With none left it stops in one line.
+    """
+    from dpo_recipes.data import load_preference_data
+
+    set_stage("loading the data")
+    if not recipe_args.dataset_name:
+        raise DPORecipesError("No training data: pass --dataset_name PAIRS.jsonl (or a folder / hub id), or --config.")
+    data = load_preference_data(
+        recipe_args.dataset_name, split=recipe_args.dataset_train_split, data_format=recipe_args.data_format,
+        column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),
+        tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True)
+    if recipe_args.max_train_samples and recipe_args.max_train_samples < len(data.dataset):
+        data.report.notes.append(f"max_train_samples: training on the first {recipe_args.max_train_samples} of "
+                                 f"{len(data.dataset)} kept pairs")
+        data.dataset = data.dataset.select(range(recipe_args.max_train_samples))
+    print(data.report.summary())
+    return data
+
+
+def check_before_model(recipe_args, training_args, model_args, dataset, tokenizer) -> None:
+    """Every check that needs no model weights: run before loading them."""
+    from dpo_recipes.data.lengths import require_chat_template
+    from dpo_recipes.evaluation import load_eval_prompts
+
+    if recipe_args.merge and not model_args.use_peft:
+        raise DPORecipesError("--merge merges a LoRA adapter into its base model, but use_peft is false: the model "
+                              f"saved in {training_args.output_dir} is already the full model. Drop --merge.")
+    if dataset is not None and len(dataset) and isinstance(dataset[0]["prompt"], list):
+        require_chat_template(tokenizer, model_args.model_name_or_path)
+    load_eval_prompts(recipe_args.eval_prompts_file)  # a bad prompts file fails now, not after training
+    loss_hook = getattr(recipe_args, "loss_hook", None)
+    if loss_hook is not None and hasattr(training_args, "loss_type"):
+        from dpo_recipes.trainer import check_hook_config, check_hook_scores
+
+        check_hook_config(loss_hook, training_args)
+        if loss_hook == "odpo":
+            check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
+
+
+# --- 2. the output folder: resume, refuse, or already finished ----------------------------------------------------
+@dataclass
+class RunPlan:
+    """What to do in output_dir: train from `checkpoint` (None: from scratch), or nothing (`finished_step` set)."""
+
+    output_dir: Path
+    record: dict
+    checkpoint: str | None = None
+    finished_step: int | None = None
+    checkpoint_complete: bool = False  # the checkpoint already reached the run's last step (stopped after training)
+
+
+def data_fingerprint(dataset) -> str:
+    """sha256 of the training pairs in order: the same data gives the same fingerprint across runs."""
+    digest = hashlib.sha256()
+    for row in dataset:
+        digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def model_identity(model_args, model_path: str) -> dict:
+    """Which model a run trains: the name given (or the embedded default), and its config when it is local."""
+    from dpo_recipes.models import is_embedded
+
+    name = "embedded:" + Path(model_path).name if is_embedded(model_args.model_name_or_path) else \
+        (str(Path(model_path).resolve()) if Path(model_path).exists() else model_path)
+    identity = {"model": name, "revision": model_args.model_revision}
+    config = Path(model_path) / "config.json"
+    if config.is_file():
+        identity["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    return identity
+
+
+def run_record(recipe: str, recipe_args, training_args, model_args, model_path: str, dataset) -> dict:
+    """What identifies a run: recipe, model, data and the training settings that change the result."""
+    def pick(obj, keys):
+        return {k: _plain(getattr(obj, k)) for k in keys if hasattr(obj, k)}
+
+    loss_hook = getattr(recipe_args, "loss_hook", None)
+    return {
+        "recipe": recipe,
+        **model_identity(model_args, model_path),
+        "data": {"source": recipe_args.dataset_name, "pairs": len(dataset), "sha256": data_fingerprint(dataset)},
+        "training": {**pick(training_args, TRAINING_KEYS), **pick(model_args, MODEL_KEYS),
+                     "loss_hook": loss_hook, **pick(recipe_args, HOOK_KEYS.get(loss_hook, ()))},
+        "length": {"max_steps": training_args.max_steps, "num_train_epochs": training_args.num_train_epochs},
+        "finished_step": None,
+    }
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple, set)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value"):  # enums such as SchedulerType
+        return value.value
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    diffs = []
+    for key in ("recipe", "model", "revision", "config_sha256"):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    if old.get("data", {}).get("sha256") != new["data"]["sha256"]:
+        diffs.append(f"data ({old.get('data', {}).get('source')}, {old.get('data', {}).get('pairs')} pairs -> "
+                     f"{new['data']['source']}, {new['data']['pairs']} pairs, other content)")
+    old_training, new_training = old.get("training", {}), new["training"]
+    for key in sorted(set(old_training) | set(new_training)):
+        if old_training.get(key) != new_training.get(key):
+            diffs.append(f"{key} {old_training.get(key)!r} -> {new_training.get(key)!r}")
+    return diffs
+
+
+def _checkpoint_state(checkpoint: str) -> dict:
+    try:
+        return json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _start_fresh_hint(output_dir: Path) -> str:
+    return f"Start fresh with --overwrite_output_dir true, or pass a new --output_dir (now {output_dir})."
+
+
+def clear_run_outputs(output_dir: Path) -> list[str]:
+    """Remove what a run writes into output_dir (checkpoints, adapter, merged model, reports); nothing else."""
+    removed = []
+    for path in [*output_dir.glob("checkpoint-*"), *(output_dir / name for name in RUN_OUTPUTS)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(path.name)
+    return removed
+
+
+def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str, data) -> RunPlan:
+    """Decide, before any model work, whether output_dir is a fresh start, a resume, a finished run, or refused."""
+    from dpo_recipes.tracking import last_checkpoint
+
+    set_stage("checking the output folder", output_dir=training_args.output_dir)
+    out = Path(training_args.output_dir)
+    record = run_record(recipe, recipe_args, training_args, model_args, model_path, data.dataset)
+    plan = RunPlan(out, record)
+    if recipe_args.overwrite_output_dir and out.is_dir():
+        removed = clear_run_outputs(out)
+        if removed:
+            logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(sorted(removed)), out)
+    elif out.is_dir():
+        _plan_existing(plan, training_args, last_checkpoint(out))
+    if plan.finished_step is None:
+        write_json_atomic(out / RUN_RECORD, record)
+        data.report.save(out / "data_validation.json")
+    return plan
+
+
+def _plan_existing(plan: RunPlan, training_args, checkpoint: str | None) -> None:
+    out, record = plan.output_dir, plan.record
+    record_path = out / RUN_RECORD
+    if not record_path.is_file():
+        present = sorted(p.name for p in out.iterdir() if p.name in RUN_OUTPUTS or p.name.startswith("checkpoint-"))
+        if present:
+            raise DPORecipesError(f"{out} holds outputs of a run this version cannot identify ({', '.join(present[:4])}"
+                                  f"; no {RUN_RECORD}), so it cannot tell whether resuming is safe. "
+                                  + _start_fresh_hint(out))
+        return
+    try:
+        old = json.loads(record_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DPORecipesError(f"{record_path}: unreadable run record ({exc}). {_start_fresh_hint(out)}") from None
+    diffs = _differences(old, record)
+    if diffs:
+        raise DPORecipesError(f"{out} holds another run (differs in: {'; '.join(diffs[:4])}"
+                              f"{'; ...' if len(diffs) > 4 else ''}); resuming it would continue that run's "
+                              f"model. {_start_fresh_hint(out)}")
+    finished = old.get("finished_step")
+    same_length = old.get("length") == record["length"]
+    max_steps = training_args.max_steps
+    if finished is not None and (same_length or 0 < max_steps <= finished):
+        plan.finished_step = finished
+        return
+    if training_args.resume_from_checkpoint:
+        checkpoint = training_args.resume_from_checkpoint
+        if not Path(checkpoint).is_dir():
+            raise DPORecipesError(f"--resume_from_checkpoint {checkpoint}: no such folder.")
+    if finished is not None and checkpoint is None:
+        raise DPORecipesError(f"{out} finished at step {finished} and kept no checkpoint to continue from "
+                              f"(save_strategy no?). {_start_fresh_hint(out)}")
+    if checkpoint:
+        state = _checkpoint_state(checkpoint)
+        step, state_max = state.get("global_step", 0), state.get("max_steps", 0)
+        if same_length and state_max and step >= state_max:
+            plan.checkpoint_complete = True  # stopped after training, before the outputs: finish from it
+        elif 0 < max_steps <= step:
+            raise DPORecipesError(f"{checkpoint} is at step {step}, at or past --max_steps {max_steps}: raise "
+                                  f"--max_steps to continue training. {_start_fresh_hint(out)}")
+        logger.info("Resuming the run in %s from %s (step %d)", out, checkpoint, step)
+    plan.checkpoint = checkpoint
+
+
+# --- 3. train and finish ------------------------------------------------------------------------------------------
+def train(trainer, plan: RunPlan) -> dict:
+    """Train (resuming from the plan's checkpoint). Returns TRL's train metrics ({} when nothing was left to train).
+
+    A checkpoint that already reached the last step (the run stopped after training, before its outputs) is loaded
+    instead of trained on: Trainer would otherwise run one step past max_steps.
+    """
+    set_stage("training", trainer=trainer)
+    if plan.checkpoint_complete:
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(plan.checkpoint)
+        trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / "trainer_state.json"))
+        logger.info("Training had finished in %s: its outputs are written from it", plan.checkpoint)
+        return {}
+    result = trainer.train(resume_from_checkpoint=plan.checkpoint)
+    return result.metrics
+
+
+def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) -> None:
+    """The trained model (adapter, or full model), TRL's metrics, and a merged model with --merge.
+
+    A `merged/` folder from an earlier adapter is removed when this run does not rebuild it: it would no longer
+    match the adapter next to it.
+    """
+    from dpo_recipes.models import merge_adapter
+    from dpo_recipes.tracking import save_log_history
+
+    set_stage("saving")
+    out = Path(training_args.output_dir)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    if metrics:
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+    save_log_history(trainer.state.log_history, out)
+    merged = out / "merged"
+    if recipe_args.merge:
+        set_stage("merging the adapter")
+        merge_adapter(trainer.model, tokenizer, merged)
+    elif merged.exists():
+        shutil.rmtree(merged)
+        logger.info("Removed %s: it was merged from an earlier adapter (pass --merge to rebuild it)", merged)
+
+
+def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: RunPlan, train_seconds: float,
+              metrics: dict, rows_per_pair: int = 1) -> dict:
+    """The summary.json figures every recipe reports: what trained, on what, how fast.
+
+    `rows_per_pair`: training rows made from one pair (KTO unpairs each pair into 2 rows)."""
+    from dpo_recipes.tracking import checkpoint_step, package_versions
+
+    args = trainer.args
+    steps_run = 0 if plan.checkpoint_complete else trainer.state.global_step - checkpoint_step(plan.checkpoint)
+    pairs_trained = steps_run * args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps \
+        / rows_per_pair
+    return {
+        "model": model_path if model_args.model_name_or_path else f"embedded:{model_path}",
+        "preset": recipe_args.preset, "dataset": recipe_args.dataset_name,
+        "pairs_total": data.report.total_rows, "pairs_after_validation": len(data.dataset),
+        "pairs_dropped": {rule: n for rule, n in data.report.dropped.items() if n},
+        "steps": trainer.state.global_step, "resumed_from": plan.checkpoint, "train_seconds": round(train_seconds, 2),
+        "pairs_trained": pairs_trained,
+        "train_pairs_per_second": round(pairs_trained / train_seconds, 3) if train_seconds else None,
+        "train_loss": metrics.get("train_loss"), "versions": package_versions(),
+    }
+
+
+def finish(plan: RunPlan, step: int) -> None:
+    """Mark the run finished at `step`: a rerun of the same command then trains nothing."""
+    write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": step})
+    set_stage("finished")
+
+
+def report_finished(plan: RunPlan) -> None:
+    print(f"{plan.output_dir}: already finished at step {plan.finished_step}; nothing to train. "
+          f"Raise --max_steps to continue it, or --overwrite_output_dir true to train it again.")
+
+
+# --- errors and Ctrl-C ---------------------------------------------------------------------------------------------
+def _interrupt_message() -> str:
+    stage, out, trainer = _PROGRESS["stage"], _PROGRESS.get("output_dir"), _PROGRESS.get("trainer")
+    where = f"while {stage}"
+    if trainer is not None and stage == "training":
+        where += f", at step {trainer.state.global_step} of {trainer.state.max_steps}"
+    resume = ""
+    if out:
+        from dpo_recipes.tracking import last_checkpoint
+
+        checkpoint = last_checkpoint(out) if Path(out).is_dir() else None
+        resume = (f"; rerun the same command to resume from {checkpoint}" if checkpoint else
+                  "; no checkpoint was saved yet, so a rerun starts from the beginning")
+    return f"interrupted {where}{resume}."
+
+
+@contextlib.contextmanager
+def recipe_errors():
+    """A recipe's user errors and Ctrl-C as one line on stderr: exit status 2, or 130 for an interrupt."""
+    try:
+        yield
+    except DPORecipesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(_interrupt_message(), file=sys.stderr)
+        raise SystemExit(130) from None
