@@ -225,23 +225,35 @@ def clear_run_outputs(output_dir: Path) -> list[str]:
 
 
 def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str, data) -> RunPlan:
-    """Decide, before any model work, whether output_dir is a fresh start, a resume, a finished run, or refused."""
+    """Decide, before any model work, whether output_dir is a fresh start, a resume, a finished run, or refused.
+
+    With several processes each decides from the same folder; then only the main one clears or writes.
+    """
     from dpo_recipes.tracking import last_checkpoint
 
     set_stage("checking the output folder", output_dir=training_args.output_dir)
     out = Path(training_args.output_dir)
     record = run_record(recipe, recipe_args, training_args, model_args, model_path, data.dataset)
     plan = RunPlan(out, record)
-    if recipe_args.overwrite_output_dir and out.is_dir():
-        removed = clear_run_outputs(out)
-        if removed:
-            logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(sorted(removed)), out)
-    elif out.is_dir():
+    # Every process reads the folder before any writes, so all reach the same decision (or the same refusal).
+    if out.is_dir() and not recipe_args.overwrite_output_dir:
         _plan_existing(plan, training_args, last_checkpoint(out))
-    if plan.finished_step is None:
+    _wait_for_everyone()
+    if plan.finished_step is None and training_args.process_index == 0:
+        if recipe_args.overwrite_output_dir and out.is_dir():
+            removed = clear_run_outputs(out)
+            if removed:
+                logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(sorted(removed)), out)
         write_json_atomic(out / RUN_RECORD, record)
         data.report.save(out / "data_validation.json")
+    _wait_for_everyone()
     return plan
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
 def _plan_existing(plan: RunPlan, training_args, checkpoint: str | None) -> None:
@@ -318,7 +330,9 @@ def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) 
 
     set_stage("saving")
     out = Path(training_args.output_dir)
-    trainer.save_model(str(out))
+    trainer.save_model(str(out))  # Trainer saves from the right process(es) itself
+    if not trainer.is_world_process_zero():
+        return
     tokenizer.save_pretrained(str(out))
     if metrics:
         trainer.log_metrics("train", metrics)
@@ -356,10 +370,15 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
     }
 
 
-def finish(plan: RunPlan, step: int) -> None:
-    """Mark the run finished at `step`: a rerun of the same command then trains nothing."""
-    write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": step})
+def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None) -> None:
+    """Write summary.json (and the before/after answers), then mark the run finished: a rerun of the same command
+    then trains nothing. Only the main process writes."""
+    from dpo_recipes.tracking import write_summary
+
     set_stage("finished")
+    if trainer.is_world_process_zero():
+        write_summary(plan.output_dir, summary, before, after)
+        write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": trainer.state.global_step})
 
 
 def report_finished(plan: RunPlan) -> None:

@@ -21,7 +21,7 @@ from dpo_recipes import run
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts, load_eval_prompts
 from dpo_recipes.presets import use_all_cpu_cores
-from dpo_recipes.tracking import prepare_wandb, write_summary
+from dpo_recipes.tracking import prepare_wandb
 from dpo_recipes.trainer import RecipeDPOTrainer
 
 logger = logging.getLogger("dpo_lora")
@@ -67,8 +67,7 @@ def main(recipe_args, training_args, model_args):
     after = evaluate_prompts(trainer.model, tokenizer, prompts, recipe_args)
     summary = run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics)
     summary.update(compare(before, after) if prompts else {})
-    write_summary(training_args.output_dir, summary, before, after)
-    run.finish(plan, trainer.state.global_step)
+    run.finish(plan, trainer, summary, before, after)
     if prompts:
         print(before_after_table(before, after))
     print(f"\nAdapter, metrics and summary.json are in {training_args.output_dir}")

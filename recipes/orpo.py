@@ -18,7 +18,7 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, parse_recipe_args
 from dpo_recipes.presets import use_all_cpu_cores
-from dpo_recipes.tracking import prepare_wandb, write_summary
+from dpo_recipes.tracking import prepare_wandb
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "orpo.yaml"
@@ -50,9 +50,8 @@ def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: Mo
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
     run.save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
-    write_summary(training_args.output_dir,
-                  run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics))
-    run.finish(plan, trainer.state.global_step)
+    run.finish(plan, trainer,
+               run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics))
     logger.info("Saved to %s", training_args.output_dir)
 
 
