@@ -82,6 +82,20 @@ def test_raising_max_steps_continues_the_same_run(tiny_model_dir, tmp_path):
     assert result["resumed_from"].endswith("checkpoint-2")
 
 
+def test_a_run_stopped_after_training_finishes_without_training_past_max_steps(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = quick(tiny_model_dir, out, "--dataset_name", str(FIXTURE), "--max_steps", "2")
+    dpo(*args)
+    record = json.loads((out / "run_record.json").read_text())
+    (out / "run_record.json").write_text(json.dumps({**record, "finished_step": None}))  # as if stopped before it
+    (out / "summary.json").unlink()
+    dpo(*args)
+    result = summary(out)
+    assert result["steps"] == 2 and result["pairs_trained"] == 0  # outputs written from checkpoint-2, no step 3
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert json.loads((out / "run_record.json").read_text())["finished_step"] == 2
+
+
 def test_new_data_in_an_old_output_dir_is_refused(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     dpo(*quick(tiny_model_dir, out, "--dataset_name", str(FIXTURE), "--max_steps", "2"))
