@@ -2,6 +2,10 @@
 
 Exit status: 0 success; 1 `validate` kept no row; 2 a problem the user can fix (printed as `error: ...`,
 no traceback, nothing written).
+
+`validate` and `audit` take the same data options and rule thresholds, and `--config RECIPE.yaml` reads them from a
+recipe's YAML, so both can check the data the way the run will train on it. Precedence: the ValidationConfig
+defaults, then the YAML, then flags given on the command line.
 """
 
 from __future__ import annotations
@@ -11,27 +15,73 @@ import sys
 
 from dpo_recipes.errors import DPORecipesError
 
+# Recipe YAML key -> the CLI option (argparse dest) it sets; the same names as the recipe's RecipeArguments.
+CONFIG_KEYS = {"dataset_name": "path", "dataset_train_split": "split", "data_format": "format",
+               "column_map": "column_map", "validation": "validation", "min_chosen_chars": "min_chosen_chars",
+               "min_rejected_chars": "min_rejected_chars", "max_similarity": "max_similarity",
+               "drop_truncated": "drop_truncated", "max_length": "max_length"}
+# Values when neither the YAML nor a flag sets them (rule thresholds come from ValidationConfig).
+DATA_DEFAULTS = {"path": None, "split": "train", "format": None, "column_map": None, "validation": "strict",
+                 "max_length": None, "min_chosen_tokens": None, "min_rejected_tokens": None,
+                 "keep_duplicates": False, "allow_score_ties": False}
+
+
+def _similarity(text: str) -> float | None:
+    """--max-similarity value: a number (>= 1 disables the filter) or none/off/null."""
+    if text.strip().lower() in ("none", "off", "null"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number 0..1 or none, got {text!r}") from None
+    return None if value >= 1 else value
+
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from dpo_recipes.data import FORMATS, MODES
+    """The data source, the validation mode and every rule threshold, shared by `validate` and `audit`.
 
-    p.add_argument("path",
-                   help="a .jsonl/.json/.csv/.parquet file (optionally .gz), a save_to_disk folder, or a hub id")
-    p.add_argument("--format", "--data_format", dest="format", choices=FORMATS, default=None,
+    Options a recipe YAML can also set default to SUPPRESS, so `vars(args)` holds only what the user typed and
+    `_data_settings` can let it beat `--config`.
+    """
+    from dpo_recipes.data import FORMATS, MODES, ValidationConfig
+
+    d = ValidationConfig()
+    given = argparse.SUPPRESS
+    p.add_argument("path", nargs="?", default=None,
+                   help="a .jsonl/.json/.csv/.parquet file (optionally .gz), a save_to_disk folder, or a hub id "
+                        "(default: dataset_name of --config)")
+    p.add_argument("--config", default=None, metavar="RECIPE.yaml",
+                   help="take the data and its rule thresholds from a recipe's YAML (dataset_name, "
+                        "dataset_train_split, data_format, column_map, validation, min_chosen_chars, "
+                        "min_rejected_chars, max_similarity, drop_truncated, max_length); flags given here win")
+    p.add_argument("--format", "--data_format", dest="format", choices=FORMATS, default=given,
                    help="force the format instead of detecting it")
-    p.add_argument("--split", default="train", help="split of a save_to_disk folder or hub dataset (default: train)")
-    p.add_argument("--column-map", "--column_map", dest="column_map", default=None,
+    p.add_argument("--split", default=given, help="split of a save_to_disk folder or hub dataset (default: train)")
+    p.add_argument("--column-map", "--column_map", dest="column_map", default=given,
                    help="rename columns first, as 'src:dst,src:dst' (e.g. 'question:prompt,good:chosen,bad:rejected')")
-    p.add_argument("--validation", choices=MODES, default="strict",
+    p.add_argument("--validation", choices=MODES, default=given,
                    help="strict: drop failing rows; warn: keep them, report only; off: no row rules (default: strict)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer folder or hub id ('smollm2-135m-instruct': the embedded default) for token counts")
+    p.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=given,
+                   help="count pairs longer than this many tokens (prompt + completion; needs --tokenizer)")
+    p.add_argument("--min-chosen-chars", "--min_chosen_chars", dest="min_chosen_chars", type=int, default=given,
+                   help=f"default {d.min_chosen_chars}")
+    p.add_argument("--min-rejected-chars", "--min_rejected_chars", dest="min_rejected_chars", type=int,
+                   default=given, help=f"default {d.min_rejected_chars}")
+    p.add_argument("--min-chosen-tokens", type=int, default=given, help="token minimum (needs --tokenizer)")
+    p.add_argument("--min-rejected-tokens", type=int, default=given, help="token minimum (needs --tokenizer)")
+    p.add_argument("--max-similarity", "--max_similarity", dest="max_similarity", type=_similarity, default=given,
+                   help=f"drop pairs more similar than this, 0..1; 1 or none disables (default {d.max_similarity})")
+    p.add_argument("--keep-duplicates", action="store_true", default=given, help="do not drop exact duplicate pairs")
+    p.add_argument("--allow-score-ties", action="store_true", default=given,
+                   help="do not drop scored pairs with score_chosen <= score_rejected")
+    p.add_argument("--drop-truncated", "--drop_truncated", dest="drop_truncated", action="store_true",
+                   default=given, help="drop pairs longer than --max-length")
+    p.add_argument("--workers", type=int, default=given, help="threads for the similarity filter; -1 = all")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from dpo_recipes.data import ValidationConfig
-
-    d = ValidationConfig()
     parser = argparse.ArgumentParser(prog="dpo-recipes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -40,25 +90,12 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "write the full JSON report.")
     _add_data_args(v)
     v.add_argument("--report", default=None, metavar="OUT.json", help="write the full JSON report here")
-    v.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=None,
-                   help="count pairs longer than this many tokens (prompt + completion; needs --tokenizer)")
-    v.add_argument("--min-chosen-chars", type=int, default=d.min_chosen_chars, help=f"default {d.min_chosen_chars}")
-    v.add_argument("--min-rejected-chars", type=int, default=d.min_rejected_chars,
-                   help=f"default {d.min_rejected_chars}")
-    v.add_argument("--min-chosen-tokens", type=int, default=None, help="token minimum (needs --tokenizer)")
-    v.add_argument("--min-rejected-tokens", type=int, default=None, help="token minimum (needs --tokenizer)")
-    v.add_argument("--max-similarity", type=float, default=d.max_similarity,
-                   help=f"drop pairs more similar than this, 0..1; 1 disables (default {d.max_similarity})")
-    v.add_argument("--keep-duplicates", action="store_true", help="do not drop exact duplicate pairs")
-    v.add_argument("--allow-score-ties", action="store_true",
-                   help="do not drop scored pairs with score_chosen <= score_rejected")
-    v.add_argument("--drop-truncated", action="store_true", help="drop pairs longer than --max-length")
-    v.add_argument("--workers", type=int, default=d.workers, help="threads for the similarity filter; -1 = all")
 
     a = sub.add_parser("audit", help="measure the length bias of preference data",
                        description="Share of pairs where chosen is longer, mean length difference, correlation of "
                                    "length with preference; recommends --loss_hook rdpo when the bias is strong. "
-                                   "Runs on the rows validation keeps.")
+                                   "Runs on the rows validation keeps: pass the run's thresholds (--config "
+                                   "RECIPE.yaml or the flags) to audit the pairs it trains on.")
     _add_data_args(a)
     a.add_argument("--report", default=None, metavar="OUT.json", help="write the audit as JSON here")
 
@@ -69,6 +106,82 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Types a recipe YAML value may have, per key (None: the key may be null).
+_CONFIG_TYPES = {"dataset_name": (str,), "dataset_train_split": (str,), "data_format": (str, type(None)),
+                 "column_map": (str, dict, type(None)), "validation": (str,), "min_chosen_chars": (int,),
+                 "min_rejected_chars": (int,), "max_similarity": (int, float, type(None)), "drop_truncated": (bool,),
+                 "max_length": (int, type(None))}
+
+
+def _read_recipe_yaml(path: str) -> dict:
+    """The data keys of a recipe's YAML (`CONFIG_KEYS`), checked; one line naming the file when it is unusable."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except OSError as exc:
+        raise DPORecipesError(f"--config {path}: cannot read the file ({exc.strerror or exc}).") from None
+    except UnicodeDecodeError as exc:
+        raise DPORecipesError(f"--config {path}: not UTF-8 text ({exc.reason}).") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise DPORecipesError(f"--config {path}: invalid YAML{where} ({problem}).") from None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise DPORecipesError(f"--config {path}: the YAML file must hold a mapping of key: value, not a "
+                              f"{type(config).__name__}.")
+    values = {}
+    for key in CONFIG_KEYS:
+        if key not in config:
+            continue
+        value, types = config[key], _CONFIG_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", bool: "true or false",
+                     type(None): "null"}
+            expected = " or ".join(names[t] for t in types if not (t is int and float in types))
+            raise DPORecipesError(f"--config {path}: {key} must be {expected}, got {value!r}.")
+        values[key] = value
+    return values
+
+
+def _data_settings(args) -> dict:
+    """Data options and rule thresholds: ValidationConfig defaults < the --config YAML < flags typed here."""
+    from dpo_recipes.data import ValidationConfig
+
+    d = ValidationConfig()
+    settings = {**DATA_DEFAULTS, "min_chosen_chars": d.min_chosen_chars, "min_rejected_chars": d.min_rejected_chars,
+                "max_similarity": d.max_similarity, "drop_truncated": d.drop_truncated, "workers": d.workers}
+    if args.config:
+        settings.update({CONFIG_KEYS[key]: value for key, value in _read_recipe_yaml(args.config).items()})
+    typed = vars(args)  # options a YAML can set default to SUPPRESS: present only when given
+    settings.update({k: v for k, v in typed.items() if k in settings and k != "path"})
+    if args.path:
+        settings["path"] = args.path
+    if not settings["path"]:
+        where = f" ({args.config} has no dataset_name)" if args.config else ""
+        raise DPORecipesError(f"{args.command}: no data given{where}; pass the data PATH, or --config RECIPE.yaml "
+                              "with a dataset_name.")
+    if "max_length" in typed and args.tokenizer is None:
+        raise DPORecipesError("--max-length needs --tokenizer to count tokens.")
+    return settings
+
+
+def _validation_config(settings: dict):
+    """The ValidationConfig that `validate` and `audit` both apply."""
+    from dpo_recipes.data import ValidationConfig
+
+    return ValidationConfig(
+        min_chosen_chars=settings["min_chosen_chars"], min_rejected_chars=settings["min_rejected_chars"],
+        min_chosen_tokens=settings["min_chosen_tokens"], min_rejected_tokens=settings["min_rejected_tokens"],
+        max_similarity=settings["max_similarity"], drop_duplicates=not settings["keep_duplicates"],
+        require_score_order=not settings["allow_score_ties"], drop_truncated=settings["drop_truncated"],
+        workers=settings["workers"])
+
+
 def _tokenizer(name: str | None):
     if name is None:
         return None
@@ -77,20 +190,20 @@ def _tokenizer(name: str | None):
     return load_tokenizer(resolve_model_path(name))
 
 
-def _validate(args) -> int:
-    from dpo_recipes.data import ValidationConfig, load_preference_data
+def _load_data(settings: dict, tokenizer):
+    """Read and validate the data with the resolved settings; max_length counts only with a tokenizer."""
+    from dpo_recipes.data import load_preference_data
 
-    config = ValidationConfig(
-        min_chosen_chars=args.min_chosen_chars, min_rejected_chars=args.min_rejected_chars,
-        min_chosen_tokens=args.min_chosen_tokens, min_rejected_tokens=args.min_rejected_tokens,
-        max_similarity=None if args.max_similarity >= 1 else args.max_similarity,
-        drop_duplicates=not args.keep_duplicates, require_score_order=not args.allow_score_ties,
-        drop_truncated=args.drop_truncated, workers=args.workers)
-    if args.max_length is not None and args.tokenizer is None:
-        raise DPORecipesError("--max-length needs --tokenizer to count tokens.")
-    result = load_preference_data(args.path, split=args.split, data_format=args.format, column_map=args.column_map,
-                                  validation=args.validation, config=config, tokenizer=_tokenizer(args.tokenizer),
-                                  max_length=args.max_length, min_rows=0)
+    config = _validation_config(settings)
+    return load_preference_data(
+        settings["path"], split=settings["split"], data_format=settings["format"], column_map=settings["column_map"],
+        validation=settings["validation"], config=config, tokenizer=tokenizer,
+        max_length=settings["max_length"] if tokenizer is not None else None, min_rows=0)
+
+
+def _validate(args) -> int:
+    settings = _data_settings(args)
+    result = _load_data(settings, _tokenizer(args.tokenizer))
     print(result.report.summary())
     if args.report:
         print(f"report: {result.report.save(args.report)}")
@@ -98,16 +211,21 @@ def _validate(args) -> int:
 
 
 def _audit(args) -> int:
-    from dpo_recipes.data import load_preference_data
-    from dpo_recipes.data.audit import audit_length_bias
+    from dpo_recipes.data.audit import audit_length_bias, record_coverage
 
+    settings = _data_settings(args)
     tokenizer = _tokenizer(args.tokenizer)
-    result = load_preference_data(args.path, split=args.split, data_format=args.format, column_map=args.column_map,
-                                  validation=args.validation, tokenizer=tokenizer)
+    result = _load_data(settings, tokenizer)
     r = result.report
     print(f"{r.source}: {r.format}{' + scores' if r.scored else ''}, auditing {r.kept:,} of {r.total_rows:,} rows "
           f"(validation {r.validation})")
     audit = audit_length_bias(result.dataset, tokenizer)
+    if args.config:
+        advice = f"Check the thresholds in {args.config}, or pass --validation off, to audit every row."
+    else:
+        advice = ("Pass the recipe's thresholds with --config RECIPE.yaml (e.g. recipes/configs/dpo_lora.yaml), or "
+                  "--validation off, to audit what it trains on.")
+    record_coverage(audit, r.total_rows, r.dropped, advice)
     print(audit.summary())
     if args.report:
         print(f"report: {audit.save(args.report)}")

@@ -5,7 +5,7 @@ import math
 import pytest
 from datasets import Dataset
 
-from dpo_recipes.data.audit import audit_length_bias, suggested_rdpo_alpha
+from dpo_recipes.data.audit import STRONG_CORR, audit_length_bias, suggested_rdpo_alpha
 
 
 def _ds(pairs, scores=None):
@@ -79,3 +79,29 @@ def test_suggested_rdpo_alpha_cancels_the_length_preference():
 def test_no_alpha_when_chosen_is_usually_shorter_or_lengths_are_equal():
     assert suggested_rdpo_alpha(0.3, 20.0) is None and suggested_rdpo_alpha(0.9, 0.0) is None
     assert suggested_rdpo_alpha(1.0, 10.0) == pytest.approx(math.log(99) / 10)  # p clipped to 0.99: finite
+
+
+def test_a_lopsided_share_of_few_differing_pairs_is_within_chance():
+    # The identity data under the recipe's thresholds: 300 equal-length pairs, chosen shorter in 44 of the 73 others.
+    pairs = [("a b c", "d e f")] * 300 + [("a b", "a b c")] * 44 + [("a b c", "a b")] * 29
+    a = audit_length_bias(_ds(pairs))
+    assert round(a.share_rejected_longer / (a.share_chosen_longer + a.share_rejected_longer), 2) == 0.6
+    assert 0.05 < a.share_p_value < 0.1 and abs(a.length_preference_corr) < STRONG_CORR
+    assert not a.strong_bias and "within chance" in a.recommendation and "73 pairs" in a.recommendation
+    # The same share over ten times the pairs is no accident.
+    assert audit_length_bias(_ds(pairs[300:] * 10)).strong_bias
+
+
+def test_coverage_is_recorded_and_a_mostly_dropped_input_gets_a_note():
+    from dpo_recipes.data.audit import record_coverage
+
+    pairs = [("a", "a b c d e f g")] * 32
+    a = record_coverage(audit_length_bias(_ds(pairs)), 376, {"too_short": 145, "too_similar": 199, "duplicate": 0},
+                        "Pass --config RECIPE.yaml.")
+    d = a.to_dict()
+    assert d["rows_total"] == 376 and d["rows_audited"] == 32
+    assert d["dropped_by_rule"] == {"too_similar": 199, "too_short": 145}
+    note = "note: the audit covers 32 of 376 rows; validation dropped 344 (too_similar 199, too_short 145)."
+    assert f"  {note} Pass --config RECIPE.yaml." in a.summary().splitlines()
+    few = record_coverage(audit_length_bias(_ds(pairs)), 60, {"too_short": 28})  # less than half dropped
+    assert few.notes == [] and "note:" not in few.summary() and few.dropped_by_rule == {"too_short": 28}

@@ -3,11 +3,15 @@ malformed input."""
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 
 from dpo_recipes.cli import main
 
+ROOT = Path(__file__).parents[1]
+IDENTITY = "data/identity/train.jsonl"
+RECIPE = "recipes/configs/dpo_lora.yaml"  # max_similarity: null, min_chosen_chars: 1, min_rejected_chars: 1
 LONG = "This answer is long enough to pass the default minimum length of fifty characters."
 GOOD = {"prompt": "Explain why the sky looks blue during the day.", "chosen": LONG,
         "rejected": "Because it reflects the ocean, obviously."}
@@ -160,3 +164,67 @@ def test_bad_column_map_and_folder_errors(tmp_path, capsys):
     (tmp_path / "folder").mkdir()
     code, _, err = _run(capsys, "validate", str(tmp_path / "folder"))
     assert code == 2 and "not a datasets save_to_disk folder" in err
+
+
+# --- --config RECIPE.yaml: validate and audit the data the way the run trains on it ---------------------------------
+
+def test_audit_with_the_recipe_config_covers_what_it_trains_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    for path in ([], [IDENTITY]):  # dataset_name from the YAML, or the same file given
+        code, out, err = _run(capsys, "audit", *path, "--config", RECIPE, "--report", str(tmp_path / "a.json"))
+        assert code == 0, err
+        assert "auditing 373 of 376 rows" in out and "STRONG BIAS" not in out and "note:" not in out
+        report = json.loads((tmp_path / "a.json").read_text())
+        assert report["rows_total"] == 376 and report["rows_audited"] == 373 and report["strong_bias"] is False
+        assert report["dropped_by_rule"] == {"duplicate": 3} and report["notes"] == []
+
+
+def test_audit_without_the_config_says_how_little_it_covers(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = _run(capsys, "audit", IDENTITY, "--report", str(tmp_path / "a.json"))
+    assert code == 0
+    notes = [line.strip() for line in out.splitlines() if line.strip().startswith("note:")]
+    assert len(notes) == 1
+    assert notes[0].startswith("note: the audit covers 32 of 376 rows; validation dropped 344 (too_similar 199, "
+                               "too_short 145).")
+    assert "--config" in notes[0] and "--validation off" in notes[0]
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["rows_audited"] == 32 and report["dropped_by_rule"] == {"too_similar": 199, "too_short": 145}
+
+
+def test_audit_takes_the_same_threshold_flags_as_validate(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = _run(capsys, "audit", IDENTITY, "--max-similarity", "none", "--min-chosen-chars", "1",
+                        "--min-rejected-chars", "1", "--keep-duplicates")
+    assert code == 0 and "auditing 376 of 376 rows" in out
+
+
+def test_explicit_flags_beat_the_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    code, out, _ = _run(capsys, "validate", "--config", RECIPE, "--report", str(tmp_path / "v.json"))
+    assert code == 0 and "kept 373" in out
+    code, out, _ = _run(capsys, "validate", "--config", RECIPE, "--max-similarity", "0.9", "--min-chosen-chars", "50",
+                        "--report", str(tmp_path / "v.json"))
+    config = json.loads((tmp_path / "v.json").read_text())["config"]
+    assert code == 0 and config["max_similarity"] == 0.9 and config["min_chosen_chars"] == 50
+    assert config["min_rejected_chars"] == 1  # still the YAML's
+    code, out, _ = _run(capsys, "audit", "--config", RECIPE, "--max-similarity", "0.9",
+                        "--report", str(tmp_path / "a.json"))
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert code == 0 and report["rows_audited"] < 373 and report["dropped_by_rule"]["too_similar"] > 100
+
+
+@pytest.mark.parametrize("command", ["validate", "audit"])
+def test_a_bad_config_is_one_line_and_exit_2(tmp_path, capsys, command):
+    configs = {"absent.yaml": None, "list.yaml": "- a\n- b\n", "broken.yaml": "max_similarity: [0.9\n",
+               "typed.yaml": f"dataset_name: {ROOT / IDENTITY}\nmax_similarity: high\n",
+               "nodata.yaml": "min_chosen_chars: 1\n"}
+    for name, text in configs.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        code, out, err = _run(capsys, command, "--config", str(tmp_path / name))
+        assert code == 2 and out == "", (name, out)
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert str(tmp_path / name) in err, err
+    code, _, err = _run(capsys, command)  # neither a path nor --config
+    assert code == 2 and "no data given" in err and len(err.strip().splitlines()) == 1
