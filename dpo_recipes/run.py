@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.jsonio import write_json_atomic
+from dpo_recipes.jsonio import apply_default_modes, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +345,10 @@ def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) 
     elif merged.exists():
         shutil.rmtree(merged)
         logger.info("Removed %s: it was merged from an earlier adapter (pass --merge to rebuild it)", merged)
+    # safetensors writes weights 0o600 whatever the umask: the adapter and checkpoints get the umask's modes too.
+    for path in [*out.glob("checkpoint-*"), *(out / name for name in RUN_OUTPUTS)]:
+        if path.exists():
+            apply_default_modes(path)
 
 
 def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: RunPlan, train_seconds: float,

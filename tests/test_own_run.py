@@ -291,7 +291,8 @@ def test_run_outputs_are_readable_by_others_under_umask_022(tiny_model_dir, tmp_
     finally:
         os.umask(old)
     for name in ("summary.json", "metrics.jsonl", "data_validation.json", "run_record.json", "merged",
-                 "merged/model.safetensors"):
+                 "merged/model.safetensors", "adapter_model.safetensors", "checkpoint-1",
+                 "checkpoint-1/adapter_model.safetensors"):
         mode = (out / name).stat().st_mode & 0o777
         assert mode == (0o755 if (out / name).is_dir() else 0o644), (name, oct(mode))
 
