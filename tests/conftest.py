@@ -1,8 +1,21 @@
-"""Shared fixtures: a tiny random Llama saved as a model folder, with and without a chat template."""
+"""Shared test helpers: recipes as modules, and a tiny random Llama folder with and without a chat template."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str):
+    """Import recipes/NAME.py as a module (recipes are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ Every recipe runs in-process on a tiny random Llama with a character-level token
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import load_recipe
 
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
@@ -23,13 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "pairs.jsonl"  # 8 scored conversational pairs
 IDENTITY = ROOT / "data" / "identity" / "train.jsonl"  # 376 pairs, 373 after the default config's rules
 VARIANTS = ["orpo", "simpo", "kto"]
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def quick(model: str, out: Path, *extra: str) -> list[str]:

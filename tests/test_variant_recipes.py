@@ -3,11 +3,11 @@ embedded SmolLM2 (marked e2e)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_recipe
 import yaml
 
 from dpo_recipes.loss_presets import LOSS_PRESETS, VARIANT_PRESETS
@@ -15,13 +15,6 @@ from dpo_recipes.loss_presets import LOSS_PRESETS, VARIANT_PRESETS
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "pairs.jsonl"
 VARIANTS = ["orpo", "simpo", "kto"]
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_recipe(name: str, model: str | None, out: Path, steps: int = 2):
