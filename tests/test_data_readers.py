@@ -129,3 +129,55 @@ def test_hub_id_is_loaded_with_the_split(monkeypatch):
 def test_missing_local_looking_path_is_not_sent_to_the_hub():
     with pytest.raises(DPORecipesError, match=r"no_such\.jsonl: no such file"):
         read_rows("data/no_such.jsonl")
+
+
+# --- silent wrongs from real files (issue "Data from the wild") ---------------------------------------------------
+def test_csv_written_by_datasets_to_csv_reads_message_reprs_as_messages(tmp_path):
+    """Dataset.to_csv / DataFrame.to_csv write message lists as Python reprs: read them as messages, not as text."""
+    import datasets
+
+    from dpo_recipes.data import load_preference_data
+
+    answer = "It's {}, because adding {} to itself doubles it, as any sum x + x = 2x."
+    rows = [{"prompt": f"What is {i} + {i}?",
+             "chosen": [{"content": f"What is {i} + {i}?", "role": "user"},
+                        {"content": answer.format(2 * i, i), "role": "assistant"}],
+             "rejected": [{"content": f"What is {i} + {i}?", "role": "user"},
+                          {"content": f"It is {2 * i + 1}; I counted on my fingers twice.", "role": "assistant"}]}
+            for i in range(4)]
+    path = tmp_path / "ultrafeedback.csv"
+    datasets.Dataset.from_list(rows).to_csv(str(path))
+    assert "[{'content'" in path.read_text()  # the repr, not JSON
+    data = load_preference_data(str(path), min_rows=0)
+    assert data.report.format == "implicit_prompt" and data.report.kept == 4
+    row = data.dataset[2]
+    assert row["prompt"] == [{"role": "user", "content": "What is 2 + 2?"}]
+    assert row["chosen"] == [{"role": "assistant", "content": answer.format(4, 2)}]
+
+
+def test_a_csv_message_cell_that_is_no_literal_is_refused_in_one_line(tmp_path):
+    from dpo_recipes.data import load_preference_data
+
+    path = tmp_path / "pandas.csv"
+    path.write_text('prompt,chosen,rejected\nhi,"[{\'content\': array([\'x\'], dtype=object), \'role\': \'user\'}]",'
+                    '"a plain rejected answer that is long enough"\n')
+    with pytest.raises(DPORecipesError, match=r"pandas\.csv: row 1 \(line 2\): field 'chosen': looks like a list of "
+                                              r"messages") as err:
+        load_preference_data(str(path))
+    assert "\n" not in str(err.value)
+
+
+def test_implicit_prompt_never_invents_a_prompt_when_the_real_one_is_in_another_column(tmp_path):
+    from dpo_recipes.data import load_preference_data
+
+    path = tmp_path / "sharegpt.jsonl"
+    row = {"conversations": [{"from": "human", "value": "气候变化的主要原因是什么？"}],
+           "chosen": "气候变化是由温室气体排放增加引起的，主要来自化石燃料的燃烧。",
+           "rejected": "气候变化是自然现象，与人类活动无关。"}
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n")
+    with pytest.raises(DPORecipesError, match=r"column 'conversations' holds the real one"):
+        load_preference_data(str(path), data_format="implicit_prompt")
+    with pytest.raises(DPORecipesError, match=r"'conversations' seems to hold the prompt") as err:
+        load_preference_data(str(path))
+    # the old advice, --format implicit_prompt, led to the invented prompt "气候变化是"
+    assert "--format implicit_prompt" not in str(err.value)

@@ -27,6 +27,9 @@ from dpo_recipes.errors import DPORecipesError
 
 FORMATS = ("plain", "conversational", "implicit_prompt", "hh_rlhf")
 TARGET_COLUMNS = ("prompt", "chosen", "rejected", "score_chosen", "score_rejected")
+# Columns that hold the prompt in other projects' layouts (ShareGPT, alpaca, orca, OpenAI). With one of them present,
+# the shared beginning of two string answers is not the prompt: implicit_prompt would invent one ("Action:").
+PROMPT_LIKE_COLUMNS = ("conversations", "messages", "question", "instruction", "input", "query", "history")
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
@@ -122,7 +125,10 @@ def detect_format(raw: RawRows, columns: list[str], forced: str | None = None) -
         if forced in ("plain", "conversational") and "prompt" not in columns:
             raise DPORecipesError(
                 f"{raw.source}: required column 'prompt' is absent from every row (format {forced}); columns: "
-                f"{', '.join(columns)}. Map one with --column_map SRC:prompt, or use --format implicit_prompt.")
+                f"{', '.join(columns)}. Map one with --column_map SRC:prompt"
+                + ("." if _prompt_elsewhere(columns) else ", or use --format implicit_prompt."))
+        if forced == "implicit_prompt":
+            _refuse_invented_prompt(raw, columns)
         return forced
     i, chosen = next(((i, r["chosen"]) for i, r in enumerate(raw.rows) if r.get("chosen") not in (None, "", [])),
                      (0, None))
@@ -132,10 +138,14 @@ def detect_format(raw: RawRows, columns: list[str], forced: str | None = None) -
             return "plain"
         if chosen is not None and _is_hh(chosen):
             return "hh_rlhf"
+        elsewhere = _prompt_elsewhere(columns)
         raise DPORecipesError(
             f"{raw.source}: required column 'prompt' is absent from every row, and 'chosen' is not an HH-RLHF "
-            f"transcript; columns: {', '.join(columns)}. Map a prompt column with --column_map SRC:prompt, or pass "
-            "--format implicit_prompt if chosen/rejected hold the whole text with a shared prompt prefix.")
+            f"transcript; columns: {', '.join(columns)}. "
+            + (f"Column {elsewhere!r} seems to hold the prompt, in a layout this version does not read yet: convert "
+               "the file to prompt/chosen/rejected." if elsewhere else
+               "Map a prompt column with --column_map SRC:prompt, or pass --format implicit_prompt if "
+               "chosen/rejected hold the whole text with a shared prompt prefix."))
     if isinstance(chosen, list):
         if not all(isinstance(m, dict) for m in chosen):
             raise DPORecipesError(f"{raw.source}: {raw.where(i)}: field 'chosen': expected text or a list of "
@@ -151,6 +161,22 @@ def detect_format(raw: RawRows, columns: list[str], forced: str | None = None) -
         return "conversational"
     raise DPORecipesError(f"{raw.source}: {raw.where(i)}: field 'chosen': expected text or a list of messages, got "
                           f"{type_name(chosen)}.")
+
+
+def _prompt_elsewhere(columns: list[str]) -> str | None:
+    return next((c for c in columns if c.lower() in PROMPT_LIKE_COLUMNS or c.lower() == "system"), None)
+
+
+def _refuse_invented_prompt(raw: RawRows, columns: list[str]) -> None:
+    """implicit_prompt on string answers takes their shared beginning as the prompt: refuse when the real prompt
+    is in another column, where that beginning is only a coincidence of the two answers."""
+    elsewhere = _prompt_elsewhere(columns)
+    first = next((r.get("chosen") for r in raw.rows if r.get("chosen") not in (None, "", [])), None)
+    if elsewhere and isinstance(first, str):
+        raise DPORecipesError(
+            f"{raw.source}: --format implicit_prompt would take the shared beginning of the two answers as the "
+            f"prompt, but column {elsewhere!r} holds the real one; convert the file to prompt/chosen/rejected "
+            "(or map that column with --column_map if it is plain text).")
 
 
 # --- per-row normalization -----------------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ validators' job, so nothing is dropped in this module.
 
 from __future__ import annotations
 
+import ast
 import csv
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,22 +187,59 @@ def _read_csv(path: Path, text: str) -> RawRows:
                 raise DPORecipesError(
                     f"{path}: row {len(rows) + 1} (line {reader.line_num}): {len(record)} fields, but the header "
                     f"has {len(header)}; quote fields that contain commas or newlines.")
-            rows.append({h: _maybe_messages(v) for h, v in zip(header, record)})
+            where = f"{path}: row {len(rows) + 1} (line {reader.line_num})"
+            rows.append({h: _maybe_messages(v, where, h) for h, v in zip(header, record)})
     except csv.Error as exc:
         raise DPORecipesError(f"{path}: line {reader.line_num}: invalid CSV ({exc}).") from None
     return RawRows(str(path), "csv", rows)
 
 
-def _maybe_messages(cell: str):
-    """CSV cannot hold lists: a cell holding a JSON list of messages is read as that list."""
-    if cell.startswith("[{") and cell.rstrip().endswith("}]"):
-        try:
-            value = json.loads(cell)
-        except json.JSONDecodeError:
-            return cell
-        if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-            return value
+def _maybe_messages(cell: str, where: str, column: str):
+    """CSV cannot hold lists: a cell holding a list of messages is read as that list.
+
+    `pandas.DataFrame.to_csv` writes such a list as its Python repr (`[{'content': ..., 'role': 'user'}, ...]`),
+    `Dataset.to_csv` as a numpy object array (the same dicts separated by white space, no commas), others as JSON.
+    All are parsed as literals only (`json.loads`, then `ast.literal_eval`, never `eval`). A cell that looks like a
+    message list but parses as none of these is refused: taken as text, the whole conversation, prompt included,
+    would become one answer.
+    """
+    stripped = cell.strip()
+    if not (stripped.startswith("[") and stripped.endswith("]") and "{" in stripped):
+        return cell
+    value = _literal(stripped)
+    if value is None and _NUMPY_GAP.search(stripped):
+        value = _numpy_object_array(stripped)
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return value
+    if re.search(r"""["'](role|content|from|value)["']\s*:""", stripped):
+        raise DPORecipesError(
+            f"{where}: field {column!r}: looks like a list of messages but is neither JSON nor a Python literal "
+            "(e.g. numpy arrays in a pandas repr); write the file as JSONL or parquet instead.")
     return cell
+
+
+_NUMPY_GAP = re.compile(r"\}\s+\{")
+
+
+def _literal(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _numpy_object_array(text: str):
+    """A numpy object array of dicts as `str()` prints it: `[{...}\n {...}]`. Commas go between the elements, and the
+    result counts only if printing it back gives the cell again (a '} {' inside a text would not)."""
+    value = _literal(_NUMPY_GAP.sub("}, {", text))
+    if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
+        return None
+    printed = "[" + " ".join(repr(m) for m in value) + "]"
+    return value if _NUMPY_GAP.sub("} {", printed) == _NUMPY_GAP.sub("} {", text) else None
 
 
 def _read_parquet(path: Path, data: bytes) -> RawRows:
