@@ -46,11 +46,11 @@ MODEL_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_m
               "use_rslora", "use_dora")
 HOOK_KEYS = {"odpo": ("odpo_alpha", "odpo_ratio"), "rdpo": ("rdpo_alpha",)}
 # What a run writes into output_dir; --overwrite_output_dir removes these (and only these) before starting afresh.
-RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors", "model.safetensors.index.json",
-               "config.json", "generation_config.json", "summary.json", "metrics.jsonl", "eval_answers.jsonl",
-               "data_validation.json", "train_results.json", "all_results.json", "trainer_state.json",
-               "training_args.bin", "README.md", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-               "chat_template.jinja", "vocab.json", "merges.txt", "tokenizer.model", "merged", RUN_RECORD)
+RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "summary.json", "metrics.jsonl",
+               "eval_answers.jsonl", "data_validation.json", "train_results.json", "all_results.json",
+               "trainer_state.json", "training_args.bin", "merged", RUN_RECORD)
+# A full-model run also writes config.json, model weights and tokenizer files, but so does a base model folder:
+# those are never removed, and --overwrite_output_dir clears only a folder whose run_record.json says a run wrote it.
 
 # Where the run is, for the one-line message on Ctrl-C.
 _PROGRESS: dict = {"stage": "start", "output_dir": None, "trainer": None}
@@ -233,6 +233,12 @@ def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_p
 
     set_stage("checking the output folder", output_dir=training_args.output_dir)
     out = Path(training_args.output_dir)
+    if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
+        raise DPORecipesError(f"--output_dir {out} is the model folder itself; pass another --output_dir.")
+    if recipe_args.overwrite_output_dir and out.is_dir() and not (out / RUN_RECORD).is_file() \
+            and any(out.iterdir()):
+        raise DPORecipesError(f"--overwrite_output_dir: {out} holds no {RUN_RECORD}, so nothing in it is known to be "
+                              "a run's output and nothing is removed; pass a new --output_dir.")
     record = run_record(recipe, recipe_args, training_args, model_args, model_path, data.dataset)
     plan = RunPlan(out, record)
     # Every process reads the folder before any writes, so all reach the same decision (or the same refusal).
@@ -240,7 +246,7 @@ def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_p
         _plan_existing(plan, training_args, last_checkpoint(out))
     _wait_for_everyone()
     if plan.finished_step is None and training_args.process_index == 0:
-        if recipe_args.overwrite_output_dir and out.is_dir():
+        if recipe_args.overwrite_output_dir and out.is_dir() and (out / RUN_RECORD).is_file():
             removed = clear_run_outputs(out)
             if removed:
                 logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(sorted(removed)), out)
@@ -263,8 +269,8 @@ def _plan_existing(plan: RunPlan, training_args, checkpoint: str | None) -> None
         present = sorted(p.name for p in out.iterdir() if p.name in RUN_OUTPUTS or p.name.startswith("checkpoint-"))
         if present:
             raise DPORecipesError(f"{out} holds outputs of a run this version cannot identify ({', '.join(present[:4])}"
-                                  f"; no {RUN_RECORD}), so it cannot tell whether resuming is safe. "
-                                  + _start_fresh_hint(out))
+                                  f"; no {RUN_RECORD}), so it cannot tell whether resuming is safe. Pass a new "
+                                  "--output_dir.")
         return
     try:
         old = json.loads(record_path.read_text())
