@@ -2,13 +2,13 @@
 
     tokenizer, model_path = load_tokenizer_for(model_args, training_args)  # cheap: no weights yet
     data = load_train_data(recipe_args, training_args, tokenizer)     # validated; what the trainer will drop, counted
-    check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    prompts = check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
     plan = plan_output_dir(recipe, recipe_args, training_args, model_args, model_path, data)
     if plan.finished_step is not None: return                         # "already finished at step N"
     ... load the model, build the trainer ...
-    result = train(trainer, plan)
-    save_outputs(trainer, tokenizer, recipe_args, training_args)
-    finish(plan, summary)
+    metrics = train(trainer, plan)
+    save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
+    finish(plan, trainer, summarize(...))
 
 Why each step exists:
 - Everything that can fail without the model fails before it is loaded (a 7B model takes minutes to load, and the
@@ -105,8 +105,8 @@ def load_train_data(recipe_args, training_args, tokenizer):
     return data
 
 
-def check_before_model(recipe_args, training_args, model_args, dataset, tokenizer) -> None:
-    """Every check that needs no model weights: run before loading them."""
+def check_before_model(recipe_args, training_args, model_args, dataset, tokenizer) -> list[dict]:
+    """Every check that needs no model weights: run before loading them. Returns the evaluation prompts it read."""
     from dpo_recipes.data.lengths import require_chat_template
     from dpo_recipes.evaluation import load_eval_prompts
 
@@ -115,7 +115,7 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
                               f"saved in {training_args.output_dir} is already the full model. Drop --merge.")
     if dataset is not None and len(dataset) and isinstance(dataset[0]["prompt"], list):
         require_chat_template(tokenizer, model_args.model_name_or_path)
-    load_eval_prompts(recipe_args.eval_prompts_file)  # a bad prompts file fails now, not after training
+    prompts = load_eval_prompts(recipe_args.eval_prompts_file)  # a bad prompts file fails now, not after training
     loss_hook = getattr(recipe_args, "loss_hook", None)
     if loss_hook is not None and hasattr(training_args, "loss_type"):
         from dpo_recipes.trainer import check_hook_config, check_hook_scores
@@ -123,6 +123,7 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
         check_hook_config(loss_hook, training_args)
         if loss_hook == "odpo":
             check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
+    return prompts
 
 
 # --- 2. the output folder: resume, refuse, or already finished ----------------------------------------------------
@@ -336,10 +337,9 @@ def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) 
 
     set_stage("saving")
     out = Path(training_args.output_dir)
-    trainer.save_model(str(out))  # Trainer saves from the right process(es) itself
+    trainer.save_model(str(out))  # the weights and the tokenizer, from the right process(es)
     if not trainer.is_world_process_zero():
         return
-    tokenizer.save_pretrained(str(out))
     if metrics:
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
@@ -406,7 +406,7 @@ def _interrupt_message() -> str:
     if out:
         from dpo_recipes.tracking import last_checkpoint
 
-        checkpoint = last_checkpoint(out) if Path(out).is_dir() else None
+        checkpoint = last_checkpoint(out)
         resume = (f"; rerun the same command to resume from {checkpoint}" if checkpoint else
                   "; no checkpoint was saved yet, so a rerun starts from the beginning")
     return f"interrupted {where}{resume}."

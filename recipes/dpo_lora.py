@@ -19,7 +19,7 @@ from trl import get_peft_config
 
 from dpo_recipes import run
 from dpo_recipes.config import parse_recipe_args
-from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts, load_eval_prompts
+from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.tracking import prepare_wandb
 from dpo_recipes.trainer import RecipeDPOTrainer
@@ -38,7 +38,7 @@ def main(recipe_args, training_args, model_args):
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
     data = run.load_train_data(recipe_args, training_args, tokenizer)
-    run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
     plan = run.plan_output_dir("dpo_lora", recipe_args, training_args, model_args, model_path, data)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
         return run.report_finished(plan)
@@ -46,7 +46,6 @@ def main(recipe_args, training_args, model_args):
 
     # 3. Model (the embedded SmolLM2 when --model_name_or_path is unset) and held-out answers before training -----
     model = run.load_model_for(model_args, training_args, model_path)
-    prompts = load_eval_prompts(recipe_args.eval_prompts_file)
     run.set_stage("answering the evaluation prompts before training")
     before = evaluate_prompts(model, tokenizer, prompts, recipe_args)
 
