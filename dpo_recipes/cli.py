@@ -195,10 +195,15 @@ def _load_data(settings: dict, tokenizer):
     from dpo_recipes.data import load_preference_data
 
     config = _validation_config(settings)
-    return load_preference_data(
+    data = load_preference_data(
         settings["path"], split=settings["split"], data_format=settings["format"], column_map=settings["column_map"],
         validation=settings["validation"], config=config, tokenizer=tokenizer,
-        max_length=settings["max_length"] if tokenizer is not None else None, min_rows=0)
+        max_length=settings["max_length"] if tokenizer is not None else None, min_rows=0,
+        drop_prompt_too_long=True)  # as the recipes do: the pairs whose prompt fills max_length never train
+    if settings["max_length"] is not None and tokenizer is None:
+        data.report.notes.append(f"max_length {settings['max_length']} (from --config) not applied: pass --tokenizer "
+                                 "(the run's model) to drop the pairs whose prompt fills it and count the truncated")
+    return data
 
 
 def _validate(args) -> int:

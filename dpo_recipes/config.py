@@ -153,6 +153,10 @@ def run_name(dataset_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "data"
 
 
+def _refuse_argument(message: str):
+    raise DPORecipesError(f"{message} (--help lists the arguments).")
+
+
 def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] | None = None,
                       dataclass_types: tuple | None = None, recipe: str = "dpo_lora", variant: str | None = None):
     """Parse a recipe's arguments: hardware defaults < preset < YAML (`--config`) < command line.
@@ -184,6 +188,7 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
         defaults["output_dir"] = f"outputs/{recipe.replace('_', '-')}-{run_name(str(dataset_name))}"
 
     parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, ModelConfig))
+    parser.error = _refuse_argument  # one line ('--lora_r sixteen'), not argparse's usage screen
     unknown = parser.set_defaults_with_config(**defaults)
     if unknown:  # a preset key no dataclass has would be dropped without a word (e.g. transformers 5's warmup_ratio)
         raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "

@@ -58,7 +58,7 @@ VARIANT_PRESETS: dict[str, dict] = {
     "orpo": {
         "config_class": "trl.experimental.orpo.ORPOConfig",
         "beta": 0.1,               # lambda, the odds-ratio weight; Hong et al. 2024 use 0.1 (TRL's default too)
-        "max_length": 1024,        # prompt + completion tokens; TRL's default
+        # (max_length is a training value: it comes from the training preset or config, as for every recipe)
     },
     "simpo": {
         "config_class": "trl.experimental.cpo.CPOConfig",

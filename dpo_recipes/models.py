@@ -212,13 +212,16 @@ def load_model(name_or_path: str, *, dtype: str | None = "float32", revision: st
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _missing_in_folder(folder: Path, what: str) -> str | None:
+def missing_in_folder(folder: Path, what: str) -> str | None:
     """What a local folder lacks for loading `what` ('model' or 'tokenizer'), or None when nothing obvious is."""
     if what == "tokenizer":
         if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
             return f"it has no tokenizer files ({', '.join(_TOKENIZER_FILES)})"
         return None
     if not (folder / "config.json").is_file():
+        if (folder / "adapter_config.json").is_file():
+            return ("it holds a LoRA adapter (adapter_config.json), not a model; pass the base model it was trained "
+                    "on, or a merged model (a run with --merge writes OUTPUT_DIR/merged)")
         return "it has no config.json"
     if not any(folder.glob("*.safetensors")):
         pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
@@ -234,7 +237,7 @@ def _load_failure(name_or_path: str, what: str, exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        missing = _missing_in_folder(folder, what)
+        missing = missing_in_folder(folder, what)
         return f"Could not load the {what} from the local folder {folder}: {missing or first}"
     if not could_be_hub_id(name_or_path):
         return _no_such_folder(name_or_path)
@@ -242,14 +245,15 @@ def _load_failure(name_or_path: str, what: str, exc: Exception) -> str:
             f"from the hub either (needs network or a local HF cache): {first}")
 
 
-def merge_adapter(peft_model, tokenizer, out_dir: str | Path) -> Path:
+def merge_adapter(peft_model, tokenizer, out_dir: str | Path, copy: bool = True) -> Path:
     """Write base + LoRA adapter merged into plain weights (safetensors) with the tokenizer, for serving.
 
-    Merges a copy, so the trained PEFT model is left as it was.
+    Merges a copy, so the trained PEFT model is left as it was (`copy=False`: merges in place, for a model that is
+    not used afterwards).
     """
-    import copy
+    import copy as copying
 
-    merged = copy.deepcopy(peft_model).merge_and_unload()
+    merged = (copying.deepcopy(peft_model) if copy else peft_model).merge_and_unload()
     out_dir = Path(out_dir)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:

@@ -25,25 +25,37 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
+import os
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.jsonio import apply_default_modes, write_json_atomic
 
 logger = logging.getLogger(__name__)
+# TRL 1.16 reads `model.is_gradient_checkpointing` around every reference forward, and transformers 5 warns on each
+# read: hundreds of identical lines per run about code that is not the user's.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 RUN_RECORD = "run_record.json"
 # Settings that change what a run trains: a resumed run must have the same ones. (Length settings, max_steps and
 # num_train_epochs, may grow: that extends a run. Logging, saving and evaluation settings may change freely.)
 TRAINING_KEYS = ("loss_type", "loss_weights", "beta", "label_smoothing", "learning_rate", "lr_scheduler_type",
-                 "warmup_steps", "weight_decay", "optim", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "max_length", "truncation_mode", "seed", "f_divergence_type", "ld_alpha", "use_weighting",
-                 "cpo_alpha", "simpo_gamma", "desirable_weight", "undesirable_weight", "world_size")
-MODEL_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_modules_to_save",
-              "use_rslora", "use_dora")
+                 "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "optim", "optim_args", "adam_beta1",
+                 "adam_beta2", "adam_epsilon", "max_grad_norm", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "max_length", "max_completion_length", "truncation_mode", "seed",
+                 "data_seed", "bf16", "fp16", "disable_dropout", "f_divergence_type", "f_alpha_divergence_coef",
+                 "discopop_tau", "ld_alpha", "use_weighting", "sync_ref_model", "ref_model_mixup_alpha",
+                 "ref_model_sync_steps", "alpha", "cpo_alpha", "simpo_gamma", "desirable_weight", "undesirable_weight",
+                 "world_size")
+MODEL_KEYS = ("dtype", "load_in_4bit", "load_in_8bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
+              "lora_target_modules", "lora_target_parameters", "lora_modules_to_save", "use_rslora", "use_dora")
 HOOK_KEYS = {"odpo": ("odpo_alpha", "odpo_ratio"), "rdpo": ("rdpo_alpha",)}
 # What a run writes into output_dir; --overwrite_output_dir removes these (and only these) before starting afresh.
 RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "summary.json", "metrics.jsonl",
@@ -65,10 +77,14 @@ def set_stage(stage: str, **context) -> None:
 # --- 1. before model work ------------------------------------------------------------------------------------------
 def load_tokenizer_for(model_args, training_args):
     """Resolve `--model_name_or_path` (fetching the embedded default if needed) and load only its tokenizer."""
-    from dpo_recipes.models import load_tokenizer, resolve_model_path
+    from dpo_recipes.models import load_tokenizer, missing_in_folder, resolve_model_path
 
     set_stage("loading the tokenizer")
     path = resolve_model_path(model_args.model_name_or_path)
+    missing = missing_in_folder(Path(path), "model") if Path(path).is_dir() else None
+    if missing:  # found now, not after the data is read and the output folder is claimed for this run
+        raise DPORecipesError(f"--model_name_or_path {model_args.model_name_or_path}: {path} is not a model folder: "
+                              f"{missing}.")
     return load_tokenizer(path, model_args.model_revision, training_args.trust_remote_code), path
 
 
@@ -116,14 +132,27 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
     if dataset is not None and len(dataset) and isinstance(dataset[0]["prompt"], list):
         require_chat_template(tokenizer, model_args.model_name_or_path)
     prompts = load_eval_prompts(recipe_args.eval_prompts_file)  # a bad prompts file fails now, not after training
+    if any(p["kind"] == "identity" for p in prompts) and not recipe_args.identity_name:
+        raise DPORecipesError(f"{recipe_args.eval_prompts_file} has identity prompts, but no --identity_name says "
+                              "which name their answers should contain.")
     loss_hook = getattr(recipe_args, "loss_hook", None)
-    if loss_hook is not None and hasattr(training_args, "loss_type"):
+    if loss_hook is not None and not _is_dpo(training_args):
+        raise DPORecipesError(f"--loss_hook {loss_hook} changes DPO's loss (recipes/dpo_lora.py); this recipe trains "
+                              f"with {type(training_args).__name__.removesuffix('Config')}'s own loss. Drop "
+                              "--loss_hook, or run recipes/dpo_lora.py.")
+    if loss_hook is not None:
         from dpo_recipes.trainer import check_hook_config, check_hook_scores
 
         check_hook_config(loss_hook, training_args)
         if loss_hook == "odpo":
             check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
     return prompts
+
+
+def _is_dpo(training_args) -> bool:
+    from trl import DPOConfig
+
+    return isinstance(training_args, DPOConfig)
 
 
 # --- 2. the output folder: resume, refuse, or already finished ----------------------------------------------------
@@ -194,9 +223,9 @@ def _differences(old: dict, new: dict) -> list[str]:
         diffs.append(f"data ({old.get('data', {}).get('source')}, {old.get('data', {}).get('pairs')} pairs -> "
                      f"{new['data']['source']}, {new['data']['pairs']} pairs, other content)")
     old_training, new_training = old.get("training", {}), new["training"]
-    for key in sorted(set(old_training) | set(new_training)):
-        if old_training.get(key) != new_training.get(key):
-            diffs.append(f"{key} {old_training.get(key)!r} -> {new_training.get(key)!r}")
+    for key in sorted(old_training):  # a setting an older record did not hold is not compared
+        if old_training[key] != new_training.get(key):
+            diffs.append(f"{key} {old_training[key]!r} -> {new_training.get(key)!r}")
     return diffs
 
 
@@ -225,10 +254,14 @@ def clear_run_outputs(output_dir: Path) -> list[str]:
     return removed
 
 
-def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str, data) -> RunPlan:
+def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str, data,
+                    rows_per_pair: int = 1) -> RunPlan:
     """Decide, before any model work, whether output_dir is a fresh start, a resume, a finished run, or refused.
 
-    With several processes each decides from the same folder; then only the main one clears or writes.
+    `--resume_from_checkpoint` names the checkpoint to continue ('true': the last one in output_dir); it is used only
+    when the run that wrote it had the same model, data and settings. `rows_per_pair`: training rows one pair makes
+    (KTO: 2), to tell how many steps an epoch-based length means. With several processes each decides from the same
+    folder; then only the main one clears or writes.
     """
     from dpo_recipes.tracking import last_checkpoint
 
@@ -236,18 +269,29 @@ def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_p
     out = Path(training_args.output_dir)
     if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
         raise DPORecipesError(f"--output_dir {out} is the model folder itself; pass another --output_dir.")
+    _check_writable(out)
     if recipe_args.overwrite_output_dir and out.is_dir() and not (out / RUN_RECORD).is_file() \
             and any(out.iterdir()):
         raise DPORecipesError(f"--overwrite_output_dir: {out} holds no {RUN_RECORD}, so nothing in it is known to be "
                               "a run's output and nothing is removed; pass a new --output_dir.")
+    requested = training_args.resume_from_checkpoint
+    if requested and recipe_args.overwrite_output_dir:
+        raise DPORecipesError("--resume_from_checkpoint continues a run and --overwrite_output_dir starts one afresh: "
+                              "pass one of them.")
     record = run_record(recipe, recipe_args, training_args, model_args, model_path, data.dataset)
     plan = RunPlan(out, record)
+    total_steps = planned_steps(training_args, len(data.dataset) * rows_per_pair)
     # Every process reads the folder before any writes, so all reach the same decision (or the same refusal).
-    if out.is_dir() and not recipe_args.overwrite_output_dir:
-        _plan_existing(plan, training_args, last_checkpoint(out))
+    if (out / RUN_RECORD).is_file() and not recipe_args.overwrite_output_dir:
+        _plan_existing(plan, total_steps, last_checkpoint(out), requested)
+    else:
+        if out.is_dir() and not recipe_args.overwrite_output_dir:
+            _refuse_unidentified(out)
+        if requested:
+            _use_checkpoint(plan, _requested_checkpoint(requested, out, record), total_steps)
     _wait_for_everyone()
     if plan.finished_step is None and training_args.process_index == 0:
-        if recipe_args.overwrite_output_dir and out.is_dir() and (out / RUN_RECORD).is_file():
+        if recipe_args.overwrite_output_dir and (out / RUN_RECORD).is_file():
             removed = clear_run_outputs(out)
             if removed:
                 logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(sorted(removed)), out)
@@ -257,53 +301,103 @@ def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_p
     return plan
 
 
+def planned_steps(training_args, rows: int) -> int:
+    """The optimizer steps the run will make: max_steps, or as Trainer counts them for num_train_epochs."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    batches = math.ceil(rows / (training_args.per_device_train_batch_size * training_args.world_size))
+    accumulation = training_args.gradient_accumulation_steps
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(training_args.num_train_epochs * per_epoch)
+
+
+def _check_writable(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DPORecipesError(f"--output_dir {out} is a file; pass a folder.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DPORecipesError(f"--output_dir {out}: cannot create the folder ({exc.strerror or exc}).") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise DPORecipesError(f"--output_dir {out}: the folder is not writable by this user.")
+
+
 def _wait_for_everyone() -> None:
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
 
 
-def _plan_existing(plan: RunPlan, training_args, checkpoint: str | None) -> None:
-    out, record = plan.output_dir, plan.record
-    record_path = out / RUN_RECORD
-    if not record_path.is_file():
-        present = sorted(p.name for p in out.iterdir() if p.name in RUN_OUTPUTS or p.name.startswith("checkpoint-"))
-        if present:
-            raise DPORecipesError(f"{out} holds outputs of a run this version cannot identify ({', '.join(present[:4])}"
-                                  f"; no {RUN_RECORD}), so it cannot tell whether resuming is safe. Pass a new "
-                                  "--output_dir.")
-        return
+def _refuse_unidentified(out: Path) -> None:
+    present = sorted(p.name for p in out.iterdir() if p.name in RUN_OUTPUTS or p.name.startswith("checkpoint-"))
+    if present:
+        raise DPORecipesError(f"{out} holds outputs of a run this version cannot identify ({', '.join(present[:4])}; "
+                              f"no {RUN_RECORD}), so it cannot tell whether resuming is safe. Pass a new --output_dir.")
+
+
+def _read_record(path: Path, out: Path) -> dict:
     try:
-        old = json.loads(record_path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DPORecipesError(f"{record_path}: unreadable run record ({exc}). {_start_fresh_hint(out)}") from None
+        raise DPORecipesError(f"{path}: unreadable run record ({exc}). {_start_fresh_hint(out)}") from None
+
+
+def _requested_checkpoint(requested: str, out: Path, record: dict) -> str:
+    """The checkpoint --resume_from_checkpoint names, checked to be a checkpoint of this very run."""
+    from dpo_recipes.tracking import last_checkpoint
+
+    if str(requested).lower() == "true":
+        found = last_checkpoint(out) if out.is_dir() else None
+        if found is None:
+            raise DPORecipesError(f"--resume_from_checkpoint true: {out} holds no checkpoint-* folder to resume from.")
+        return found
+    checkpoint = Path(requested)
+    if not (checkpoint / "trainer_state.json").is_file():
+        what = "no such folder" if not checkpoint.is_dir() else "not a checkpoint (no trainer_state.json)"
+        raise DPORecipesError(f"--resume_from_checkpoint {requested}: {what}.")
+    owner = checkpoint.resolve().parent / RUN_RECORD
+    if not owner.is_file():
+        raise DPORecipesError(f"--resume_from_checkpoint {requested}: no {RUN_RECORD} beside it, so which model, data "
+                              "and settings it was trained with is unknown; resuming could continue another run.")
+    diffs = _differences(_read_record(owner, out), record)
+    if diffs:
+        raise DPORecipesError(f"--resume_from_checkpoint {requested}: it belongs to another run (differs in: "
+                              f"{'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}).")
+    return str(checkpoint)
+
+
+def _plan_existing(plan: RunPlan, total_steps: int, checkpoint: str | None, requested: str | None) -> None:
+    out, record = plan.output_dir, plan.record
+    old = _read_record(out / RUN_RECORD, out)
     diffs = _differences(old, record)
     if diffs:
         raise DPORecipesError(f"{out} holds another run (differs in: {'; '.join(diffs[:4])}"
                               f"{'; ...' if len(diffs) > 4 else ''}); resuming it would continue that run's "
                               f"model. {_start_fresh_hint(out)}")
     finished = old.get("finished_step")
-    same_length = old.get("length") == record["length"]
-    max_steps = training_args.max_steps
-    if finished is not None and (same_length or 0 < max_steps <= finished):
+    if finished is not None and total_steps <= finished:  # same length, or shorter: nothing left to train
         plan.finished_step = finished
         return
-    if training_args.resume_from_checkpoint:
-        checkpoint = training_args.resume_from_checkpoint
-        if not Path(checkpoint).is_dir():
-            raise DPORecipesError(f"--resume_from_checkpoint {checkpoint}: no such folder.")
+    if requested:
+        checkpoint = _requested_checkpoint(requested, out, record)
     if finished is not None and checkpoint is None:
         raise DPORecipesError(f"{out} finished at step {finished} and kept no checkpoint to continue from "
                               f"(save_strategy no?). {_start_fresh_hint(out)}")
     if checkpoint:
-        state = _checkpoint_state(checkpoint)
-        step, state_max = state.get("global_step", 0), state.get("max_steps", 0)
-        if same_length and state_max and step >= state_max:
+        _use_checkpoint(plan, checkpoint, total_steps)
+
+
+def _use_checkpoint(plan: RunPlan, checkpoint: str, total_steps: int) -> None:
+    """Resume from `checkpoint`; one that already reached the run's last step only has its outputs written."""
+    state = _checkpoint_state(checkpoint)
+    step = state.get("global_step", 0)
+    if step >= total_steps:
+        if step == total_steps == state.get("max_steps"):
             plan.checkpoint_complete = True  # stopped after training, before the outputs: finish from it
-        elif 0 < max_steps <= step:
-            raise DPORecipesError(f"{checkpoint} is at step {step}, at or past --max_steps {max_steps}: raise "
-                                  f"--max_steps to continue training. {_start_fresh_hint(out)}")
-        logger.info("Resuming the run in %s from %s (step %d)", out, checkpoint, step)
+        else:
+            raise DPORecipesError(f"{checkpoint} is at step {step}, at or past this run's {total_steps} steps: raise "
+                                  f"--max_steps to continue training. {_start_fresh_hint(plan.output_dir)}")
+    logger.info("Resuming the run in %s from %s (step %d)", plan.output_dir, checkpoint, step)
     plan.checkpoint = checkpoint
 
 
@@ -315,6 +409,7 @@ def train(trainer, plan: RunPlan) -> dict:
     instead of trained on: Trainer would otherwise run one step past max_steps.
     """
     set_stage("training", trainer=trainer)
+    trainer.add_callback(CheckpointModes())
     if plan.checkpoint_complete:
         from transformers import TrainerState
 
@@ -324,6 +419,15 @@ def train(trainer, plan: RunPlan) -> dict:
         return {}
     result = trainer.train(resume_from_checkpoint=plan.checkpoint)
     return result.metrics
+
+
+class CheckpointModes(TrainerCallback):
+    """Give each checkpoint the umask's modes as it is saved (safetensors writes weights 0o600), not at the end."""
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            for path in Path(args.output_dir).glob("checkpoint-*"):
+                apply_default_modes(path)
 
 
 def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) -> None:
@@ -371,8 +475,9 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
     return {
         "model": model_path if model_args.model_name_or_path else f"embedded:{model_path}",
         "preset": recipe_args.preset, "dataset": recipe_args.dataset_name,
-        "pairs_total": data.report.total_rows, "pairs_after_validation": len(data.dataset),
-        "pairs_dropped": {rule: n for rule, n in data.report.dropped.items() if n},
+        # pairs_total = pairs_after_validation + sum(pairs_dropped); pairs_used: after --max_train_samples
+        "pairs_total": data.report.total_rows, "pairs_after_validation": data.report.kept,
+        "pairs_dropped": {rule: n for rule, n in data.report.dropped.items() if n}, "pairs_used": len(data.dataset),
         "steps": trainer.state.global_step, "resumed_from": plan.checkpoint, "train_seconds": round(train_seconds, 2),
         "pairs_trained": pairs_trained,
         "train_pairs_per_second": round(pairs_trained / train_seconds, 3) if train_seconds else None,
@@ -391,9 +496,27 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None) -> No
         write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": trainer.state.global_step})
 
 
-def report_finished(plan: RunPlan) -> None:
+def report_finished(plan: RunPlan, recipe_args=None, training_args=None, model_args=None, model_path=None,
+                    tokenizer=None) -> None:
+    """Say the run already finished. With --merge and no merged model yet, merge the saved adapter now."""
     print(f"{plan.output_dir}: already finished at step {plan.finished_step}; nothing to train. "
           f"Raise --max_steps to continue it, or --overwrite_output_dir true to train it again.")
+    if recipe_args is None or not recipe_args.merge:
+        return
+    merged = plan.output_dir / "merged"
+    if (merged / "config.json").is_file():
+        print(f"{merged}: already merged from this adapter.")
+        return
+    if training_args.process_index == 0:
+        from peft import PeftModel
+
+        from dpo_recipes.models import merge_adapter
+
+        base = load_model_for(model_args, training_args, model_path)
+        set_stage("merging the adapter")
+        merge_adapter(PeftModel.from_pretrained(base, str(plan.output_dir)), tokenizer, merged, copy=False)
+        print(f"{merged}: merged the saved adapter into the base model.")
+    _wait_for_everyone()
 
 
 # --- errors and Ctrl-C ---------------------------------------------------------------------------------------------

@@ -77,8 +77,10 @@ def checkpoint_step(checkpoint: str | None) -> int:
 
 def write_summary(output_dir: str | Path, summary: dict, before=None, after=None) -> Path:
     """OUTPUT_DIR/summary.json, plus the before/after answers as OUTPUT_DIR/eval_answers.jsonl."""
+    answers = Path(output_dir) / "eval_answers.jsonl"
     if before is not None and after is not None and before.prompts:
-        write_jsonl_atomic(Path(output_dir) / "eval_answers.jsonl",
-                           ({**p, "before": before.answers[i], "after": after.answers[i]}
-                            for i, p in enumerate(before.prompts)))
+        write_jsonl_atomic(answers, ({**p, "before": before.answers[i], "after": after.answers[i]}
+                                     for i, p in enumerate(before.prompts)))
+    elif answers.exists():  # an earlier run's answers: this run evaluated no prompts
+        answers.unlink()
     return write_json_atomic(Path(output_dir) / "summary.json", summary)

@@ -41,7 +41,7 @@ def main(recipe_args, training_args, model_args):
     prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
     plan = run.plan_output_dir("dpo_lora", recipe_args, training_args, model_args, model_path, data)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
-        return run.report_finished(plan)
+        return run.report_finished(plan, recipe_args, training_args, model_args, model_path, tokenizer)
     prepare_wandb(training_args.report_to, training_args.output_dir)
 
     # 3. Model (the embedded SmolLM2 when --model_name_or_path is unset) and held-out answers before training -----

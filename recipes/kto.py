@@ -19,6 +19,7 @@ from trl.data_utils import unpair_preference_dataset
 
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.tracking import prepare_wandb
 
@@ -35,10 +36,10 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
     data = run.load_train_data(recipe_args, training_args, tokenizer)
-    run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
-    plan = run.plan_output_dir("kto", recipe_args, training_args, model_args, model_path, data)
+    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    plan = run.plan_output_dir("kto", recipe_args, training_args, model_args, model_path, data, rows_per_pair=2)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
-        return run.report_finished(plan)
+        return run.report_finished(plan, recipe_args, training_args, model_args, model_path, tokenizer)
     prepare_wandb(training_args.report_to, training_args.output_dir)
     # Unpaired: one desirable (chosen) and one undesirable (rejected) row per pair, shuffled so that a batch mixes
     # labels: KTO's KL baseline is estimated from mismatched rows inside the batch.
@@ -48,6 +49,8 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
 
     # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer, reference = adapter disabled -
     model = run.load_model_for(model_args, training_args, model_path)
+    run.set_stage("answering the evaluation prompts before training")
+    before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
     start = time.perf_counter()
     trainer = KTOTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
                          peft_config=get_peft_config(model_args))
@@ -56,8 +59,14 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
     run.save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
-    run.finish(plan, trainer, run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds,
-                                            metrics, rows_per_pair=2))
+    run.set_stage("answering the evaluation prompts after training")
+    after = evaluate_prompts(trainer.model, tokenizer, prompts, recipe_args)
+    summary = run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics,
+                            rows_per_pair=2)
+    summary.update(compare(before, after) if prompts else {})
+    run.finish(plan, trainer, summary, before, after)
+    if prompts:
+        print(before_after_table(before, after))
     logger.info("Saved to %s", training_args.output_dir)
 
 

@@ -301,6 +301,14 @@ def _hh_messages(prompt_text: str) -> list:
     return [{"role": _HH_ROLES[parts[j]], "content": parts[j + 1].strip()} for j in range(1, len(parts) - 1, 2)]
 
 
+def _completion(messages: list[dict] | None, at: _Row, name: str) -> list[dict] | None:
+    """A completion after an explicit prompt: the model's answer, so its last message must be the assistant's."""
+    if messages and messages[-1]["role"] != "assistant":
+        raise at.fail(name, f"the completion ends with a {messages[-1]['role']!r} message; it must end with the "
+                            "'assistant' answer (is the prompt inside it, or are the roles swapped?).")
+    return messages
+
+
 def normalize(raw: RawRows, columns: list[str], fmt: str) -> Normalized:
     """Normalize every row of `raw` (already column-mapped) to format `fmt`."""
     has = set(columns)
@@ -323,8 +331,8 @@ def normalize(raw: RawRows, columns: list[str], fmt: str) -> Normalized:
             pt, ct, rt = p, c, r
         elif fmt == "conversational":
             p = _messages(row.get("prompt"), at, "prompt", "user")
-            c = _messages(row.get("chosen"), at, "chosen", "assistant")
-            r = _messages(row.get("rejected"), at, "rejected", "assistant")
+            c = _completion(_messages(row.get("chosen"), at, "chosen", "assistant"), at, "chosen")
+            r = _completion(_messages(row.get("rejected"), at, "rejected", "assistant"), at, "rejected")
             pt, ct, rt = _joined(p), _joined(c), _joined(r)
         elif fmt == "implicit_prompt":
             c0, r0 = row.get("chosen"), row.get("rejected")

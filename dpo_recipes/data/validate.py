@@ -33,8 +33,9 @@ RULE_HELP = {
     "too_similar": "chosen/rejected similarity above the maximum (rapidfuzz Indel ratio)",
     "duplicate": "exact duplicate of an earlier kept pair (prompt, chosen, rejected)",
     "truncated": "prompt + longer completion exceeds max_length tokens (dropped only with drop_truncated)",
-    "prompt_too_long": "the prompt alone fills max_length tokens: the trainer drops the pair (no completion token "
-                       "left to learn from), in every validation mode",
+    "prompt_too_long": "the prompt alone fills max_length tokens: no completion token is left to learn from "
+                       "(DPOTrainer and KTOTrainer drop such pairs, ORPO and CPO would train on an empty answer), so "
+                       "it is dropped in every validation mode",
 }
 
 
@@ -111,8 +112,8 @@ class ValidationReport:
                     lines.append(f"    {rule:<16}{counts[rule]:>9,}   e.g. {where}")
         if forced:
             where = ", ".join(e["where"] for e in self.examples.get("prompt_too_long", []))
-            lines.append(f"  dropped {forced:,} whose prompt fills max_length={self.max_length} tokens (the trainer "
-                         f"drops them in every mode), e.g. {where}")
+            lines.append(f"  dropped {forced:,} whose prompt fills max_length={self.max_length} tokens (no answer "
+                         f"token left to train on; dropped in every mode), e.g. {where}")
         if self.warnings.get("truncated"):
             where = ", ".join(e["where"] for e in self.examples.get("truncated", []))
             lines.append(f"  warning: {self.warnings['truncated']:,} kept pairs exceed max_length={self.max_length} "
@@ -264,7 +265,9 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
     if drop_prompt_too_long and max_length is not None and tokenizer is not None:
         from dpo_recipes.data.lengths import trainer_prompt_lengths
 
-        todo = [i for i in range(n) if reason[i] in (None, "_truncated_kept") and norm.prompt[i]]
+        # strict keeps only rows that passed every rule; warn and off keep every row, so every row is measured
+        kept_now = [i for i in range(n) if validation != "strict" or reason[i] in (None, "_truncated_kept")]
+        todo = [i for i in kept_now if norm.prompt[i] and norm.chosen[i] is not None and norm.rejected[i] is not None]
         lp = trainer_prompt_lengths([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
                                     [norm.rejected[i] for i in todo], tokenizer)
         for i, length in zip(todo, lp):
