@@ -98,6 +98,10 @@ class RecipeArguments(ScriptArguments):
         metadata={"help": "Drop pairs whose chosen/rejected similarity (rapidfuzz ratio, 0-1) is above this; "
                   "None disables the filter."},
     )
+    allow_score_ties: bool = field(
+        default=False, metadata={"help": "Keep scored pairs with score_chosen <= score_rejected (dropped by default: "
+                                         "ODPO needs s_w > s_l; plain DPO does not read the scores)."}
+    )
     drop_truncated: bool = field(
         default=False, metadata={"help": "Drop (instead of only counting) pairs longer than max_length tokens."}
     )
@@ -116,7 +120,8 @@ class RecipeArguments(ScriptArguments):
         from dpo_recipes.data import ValidationConfig
 
         return ValidationConfig(min_chosen_chars=self.min_chosen_chars, min_rejected_chars=self.min_rejected_chars,
-                                max_similarity=self.max_similarity, drop_truncated=self.drop_truncated)
+                                max_similarity=self.max_similarity, drop_truncated=self.drop_truncated,
+                                require_score_order=not self.allow_score_ties)
 
 
 def _cli_value(argv: list[str], flag: str) -> str | None:

@@ -129,10 +129,10 @@ MALFORMED = {
     "score_pair_incomplete": ("d.jsonl", _line(score_chosen=2.0).encode(), ["'score_rejected'", "absent"]),
     "json_object_of_splits": ("d.json", json.dumps({"train": [GOOD], "test": [GOOD]}, indent=1).encode(),
                               ["array of row objects", "train, test"]),
-    "sharegpt_messages": ("d.jsonl", (json.dumps({"prompt": [{"from": "human", "value": "hi"}],
-                                                  "chosen": [{"role": "assistant", "content": "a"}],
-                                                  "rejected": [{"role": "assistant", "content": "b"}]}) + "\n"
-                                      ).encode(), ["line 1", "'prompt'", "ShareGPT"]),
+    "unknown_role": ("d.jsonl", (json.dumps({"prompt": [{"from": "narrator", "value": "hi"}],
+                                             "chosen": [{"role": "assistant", "content": "a"}],
+                                             "rejected": [{"role": "assistant", "content": "b"}]}) + "\n"
+                                 ).encode(), ["line 1", "'prompt'", "unknown role 'narrator'"]),
     "unsupported_extension": ("d.txt", b"hello", ["unsupported file type"]),
     "missing_file": (None, None, ["no such file"]),
 }
@@ -185,11 +185,11 @@ def test_audit_without_the_config_says_how_little_it_covers(tmp_path, capsys, mo
     assert code == 0
     notes = [line.strip() for line in out.splitlines() if line.strip().startswith("note:")]
     assert len(notes) == 1
-    assert notes[0].startswith("note: the audit covers 32 of 376 rows; validation dropped 344 (too_similar 199, "
-                               "too_short 145).")
+    assert notes[0].startswith("note: the audit covers 44 of 376 rows; validation dropped 332 (too_similar 199, "
+                               "too_short 133).")
     assert "--config" in notes[0] and "--validation off" in notes[0]
     report = json.loads((tmp_path / "a.json").read_text())
-    assert report["rows_audited"] == 32 and report["dropped_by_rule"] == {"too_similar": 199, "too_short": 145}
+    assert report["rows_audited"] == 44 and report["dropped_by_rule"] == {"too_similar": 199, "too_short": 133}
 
 
 def test_audit_takes_the_same_threshold_flags_as_validate(tmp_path, capsys, monkeypatch):

@@ -177,7 +177,8 @@ def test_implicit_prompt_never_invents_a_prompt_when_the_real_one_is_in_another_
     path.write_text(json.dumps(row, ensure_ascii=False) + "\n")
     with pytest.raises(DPORecipesError, match=r"column 'conversations' holds the real one"):
         load_preference_data(str(path), data_format="implicit_prompt")
-    with pytest.raises(DPORecipesError, match=r"'conversations' seems to hold the prompt") as err:
-        load_preference_data(str(path))
-    # the old advice, --format implicit_prompt, led to the invented prompt "气候变化是"
-    assert "--format implicit_prompt" not in str(err.value)
+    # read natively now (the old advice, --format implicit_prompt, led to the invented prompt "气候变化是")
+    data = load_preference_data(str(path))
+    assert data.dataset[0]["prompt"] == [{"role": "user", "content": "气候变化的主要原因是什么？"}]
+    assert data.dataset[0]["chosen"][0]["content"].startswith("气候变化是由")
+    assert data.report.format == "sharegpt"

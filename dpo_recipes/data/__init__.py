@@ -62,8 +62,8 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
     mapping = parse_column_map(column_map)
     raw = read_rows(source, split=split)
     columns = apply_column_map(raw, mapping)
-    fmt = detect_format(raw, columns, data_format)
-    norm = normalize(raw, columns, fmt)
+    match = detect_format(raw, columns, data_format)
+    norm = normalize(raw, columns, match)
     keep, report = run_rules(norm, raw, validation=validation, config=config, tokenizer=tokenizer,
                              max_length=max_length, drop_prompt_too_long=drop_prompt_too_long)
     if len(keep) < min_rows:
@@ -73,6 +73,8 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
     if norm.scored:
         data["score_chosen"] = [norm.score_chosen[i] for i in keep]
         data["score_rejected"] = [norm.score_rejected[i] for i in keep]
+    if norm.tools is not None:  # JSON tool schemas: DPOTrainer passes them to the chat template
+        data["tools"] = [norm.tools[i] for i in keep]
     return PreferenceData(dataset=datasets.Dataset.from_dict(data), report=report)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dpo_recipes.jsonio import write_json_atomic
-from dpo_recipes.data.lengths import count_tokens
+from dpo_recipes.data.lengths import count_tokens, word_count
 
 # Defaults for calling a bias "strong": chosen longer in >= 60% (or <= 40%) of the pairs whose lengths differ,
 # or |corr(length, preferred)| >= 0.2.
@@ -144,9 +144,9 @@ def audit_length_bias(dataset, tokenizer=None, *, strong_share: float = STRONG_S
         unit = "tokens"
         lc, lr = np.array(count_tokens(chosen, tokenizer), float), np.array(count_tokens(rejected, tokenizer), float)
     else:
-        unit = "words"
-        lc = np.array([len(t.split()) for t in chosen], float)
-        lr = np.array([len(t.split()) for t in rejected], float)
+        unit = "words"  # a CJK character counts as a word: Chinese has no spaces to split on
+        lc = np.array([word_count(t) for t in chosen], float)
+        lr = np.array([word_count(t) for t in rejected], float)
     n = len(chosen)
     if n == 0:
         return AuditReport(0, unit, 0, 0, 0, 0, 0, 0, 0, None, recommendation="No pairs to audit.")

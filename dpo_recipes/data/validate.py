@@ -13,18 +13,21 @@ from pathlib import Path
 
 from dpo_recipes.data.formats import Normalized
 from dpo_recipes.jsonio import write_json_atomic
-from dpo_recipes.data.lengths import completion_token_counts, count_tokens, prompt_token_counts
+from dpo_recipes.data.lengths import char_length, completion_token_counts, count_tokens, prompt_token_counts
 from dpo_recipes.data.readers import RawRows
 from dpo_recipes.errors import DPORecipesError
 
 MODES = ("strict", "warn", "off")
 # Order matters: a row is charged to the first rule it fails. Cheap, certain rules first; duplicates last so a
 # duplicate is only counted as one when its first copy is kept.
-RULES = ("missing_prompt", "prompt_mismatch", "empty_field", "missing_score", "identical", "too_short",
+RULES = ("missing_prompt", "prompt_mismatch", "no_winner", "empty_field", "missing_score", "identical", "too_short",
          "score_order", "too_similar", "duplicate", "truncated", "prompt_too_long")
+# Dropped in every validation mode: a pair without a winner, or without a completion token left to train on.
+ALWAYS_DROPPED = ("no_winner", "prompt_too_long")
 RULE_HELP = {
     "missing_prompt": "no prompt (null, empty, or no shared prefix / Human turn to take it from)",
     "prompt_mismatch": "HH-RLHF chosen and rejected transcripts differ before the last Assistant turn",
+    "no_winner": "two labelled responses with a tie or no label: neither can be the chosen one",
     "empty_field": "chosen or rejected missing, empty or whitespace-only",
     "missing_score": "score_chosen or score_rejected missing or NaN",
     "identical": "chosen == rejected after whitespace normalization",
@@ -82,6 +85,7 @@ class ValidationReport:
     warnings: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[dict]] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
+    detected: str = ""  # the format and the columns it was read from, e.g. "sharegpt (prompt: conversations, ...)"
     max_length: int | None = None
     notes: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
@@ -98,18 +102,28 @@ class ValidationReport:
         kind = self.format + (" + scores" if self.scored else "")
         pct = 100.0 * self.kept / self.total_rows if self.total_rows else 0.0
         lines = [f"{self.source}: {kind}, {self.total_rows:,} rows, validation {self.validation}"]
+        if self.detected:
+            lines.append(f"  read as {self.detected}")
         forced = self.dropped.get("prompt_too_long", 0) if self.validation != "strict" else 0
         if self.validation == "off":
             lines.append(f"  kept {self.kept:,} (row rules off)")
         else:
             counts = dict(self.dropped if self.validation == "strict" else self.flagged)
             counts["prompt_too_long"] -= forced
+            counts["no_winner"] -= self.dropped.get("no_winner", 0) if self.validation != "strict" else 0
             verb = "dropped" if self.validation == "strict" else "would drop (kept: warn mode)"
             lines.append(f"  kept {self.kept:,} ({pct:.1f}%), {verb} {sum(counts.values()):,}")
             for rule in RULES:
                 if counts.get(rule):
                     where = ", ".join(e["where"] for e in self.examples.get(rule, []))
                     lines.append(f"    {rule:<16}{counts[rule]:>9,}   e.g. {where}")
+            if counts.get("score_order"):
+                lines.append("    (score_order: ties and inversions of score_chosen/score_rejected; when the scores "
+                             "are not what you train on, keep them with allow_score_ties: true / --allow-score-ties)")
+        ties = self.dropped.get("no_winner", 0) if self.validation != "strict" else 0
+        if ties:
+            counts_line = f"  dropped {ties:,} labelled pairs with no winner (a tie or no label), in every mode"
+            lines.append(counts_line)
         if forced:
             where = ", ".join(e["where"] for e in self.examples.get("prompt_too_long", []))
             lines.append(f"  dropped {forced:,} whose prompt fills max_length={self.max_length} tokens (no answer "
@@ -192,6 +206,9 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
             if cfg.require_prompt and issue == "prompt_mismatch":
                 reason[i] = "prompt_mismatch"
                 continue
+            if issue == "no_winner":
+                reason[i] = "no_winner"
+                continue
             if cfg.drop_empty and (c is None or r is None or not c.strip() or not r.strip()):
                 reason[i] = "empty_field"
                 continue
@@ -203,10 +220,10 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
             if cfg.drop_identical and cw == rw:
                 reason[i] = "identical"
                 continue
-            lc, lr = len(c.strip()), len(r.strip())
+            lc, lr = char_length(c), char_length(r)
             if lc < min_c or lr < min_r:
                 reason[i] = "too_short"
-                detail[i] = f"chosen {lc} chars (min {min_c}), rejected {lr} chars (min {min_r})"
+                detail[i] = f"chosen {lc} chars (min {min_c}), rejected {lr} chars (min {min_r}; CJK x3)"
                 continue
             if norm.scored and cfg.require_score_order and not sc[i] > sr[i]:
                 reason[i] = "score_order"
@@ -262,11 +279,17 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                             reason[i] = "_truncated_kept"
                 warnings["truncated"] = 0 if cfg.drop_truncated else count
 
+    if validation == "off":  # no rule runs, but a labelled pair without a winner is no pair at all
+        for i, issue in enumerate(norm.issues):
+            if issue == "no_winner":
+                reason[i] = "no_winner"
+
     if drop_prompt_too_long and max_length is not None and tokenizer is not None:
         from dpo_recipes.data.lengths import trainer_prompt_lengths
 
         # strict keeps only rows that passed every rule; warn and off keep every row, so every row is measured
-        kept_now = [i for i in range(n) if validation != "strict" or reason[i] in (None, "_truncated_kept")]
+        kept_now = [i for i in range(n) if reason[i] != "no_winner" and (
+            validation != "strict" or reason[i] in (None, "_truncated_kept"))]
         todo = [i for i in kept_now if norm.prompt[i] and norm.chosen[i] is not None and norm.rejected[i] is not None]
         lp = trainer_prompt_lengths([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
                                     [norm.rejected[i] for i in todo], tokenizer)
@@ -293,14 +316,14 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
         keep = [i for i, why in enumerate(reason) if why is None or why == "_truncated_kept"]
         dropped = dict(flagged)
     else:  # warn and off keep every row, except those the trainer would drop anyway
-        keep = [i for i, why in enumerate(reason) if why != "prompt_too_long"]
-        dropped = {rule: 0 for rule in RULES} | {"prompt_too_long": flagged["prompt_too_long"]}
+        keep = [i for i, why in enumerate(reason) if why not in ALWAYS_DROPPED]
+        dropped = {rule: 0 for rule in RULES} | {rule: flagged[rule] for rule in ALWAYS_DROPPED}
     if validation == "off":
         flagged = dict(dropped)
     report = ValidationReport(
         source=raw.source, format=norm.format, scored=norm.scored, validation=validation, total_rows=n,
         kept=len(keep), dropped=dropped, flagged=flagged,
         warnings=warnings, examples=examples, ignored_columns=norm.ignored_columns, max_length=max_length,
-        notes=notes, config=asdict(cfg))
+        notes=[*norm.notes, *notes], detected=norm.detected, config=asdict(cfg))
     assert report.kept + sum(report.dropped.values()) == report.total_rows
     return keep, report
