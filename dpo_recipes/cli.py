@@ -19,9 +19,9 @@ from dpo_recipes.errors import DPORecipesError
 CONFIG_KEYS = {"dataset_name": "path", "dataset_train_split": "split", "data_format": "format",
                "column_map": "column_map", "validation": "validation", "min_chosen_chars": "min_chosen_chars",
                "min_rejected_chars": "min_rejected_chars", "max_similarity": "max_similarity",
-               "drop_truncated": "drop_truncated", "max_length": "max_length"}
+               "drop_truncated": "drop_truncated", "max_length": "max_length", "model_name_or_path": "model"}
 # Values when neither the YAML nor a flag sets them (rule thresholds come from ValidationConfig).
-DATA_DEFAULTS = {"path": None, "split": "train", "format": None, "column_map": None, "validation": "strict",
+DATA_DEFAULTS = {"path": None, "model": None, "split": "train", "format": None, "column_map": None, "validation": "strict",
                  "max_length": None, "min_chosen_tokens": None, "min_rejected_tokens": None,
                  "keep_duplicates": False, "allow_score_ties": False}
 
@@ -62,7 +62,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--validation", choices=MODES, default=given,
                    help="strict: drop failing rows; warn: keep them, report only; off: no row rules (default: strict)")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder or hub id ('smollm2-135m-instruct': the embedded default) for token counts")
+                   help="tokenizer folder or hub id ('smollm2-135m-instruct': the embedded default) for token counts "
+                        "(default with --config: the recipe's model)")
     p.add_argument("--max-length", "--max_length", dest="max_length", type=int, default=given,
                    help="count pairs longer than this many tokens (prompt + completion; needs --tokenizer)")
     p.add_argument("--min-chosen-chars", "--min_chosen_chars", dest="min_chosen_chars", type=int, default=given,
@@ -110,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
 _CONFIG_TYPES = {"dataset_name": (str,), "dataset_train_split": (str,), "data_format": (str, type(None)),
                  "column_map": (str, dict, type(None)), "validation": (str,), "min_chosen_chars": (int,),
                  "min_rejected_chars": (int,), "max_similarity": (int, float, type(None)), "drop_truncated": (bool,),
-                 "max_length": (int, type(None))}
+                 "max_length": (int, type(None)), "model_name_or_path": (str, type(None))}
 
 
 def _read_recipe_yaml(path: str) -> dict:
@@ -182,12 +183,16 @@ def _validation_config(settings: dict):
         workers=settings["workers"])
 
 
-def _tokenizer(name: str | None):
-    if name is None:
-        return None
-    from dpo_recipes.models import load_tokenizer, resolve_model_path
+def _tokenizer(args, settings: dict):
+    """--tokenizer; with --config and none given, the recipe's own model's (the embedded default when it names none):
+    the run measures lengths and drops long prompts with it, so validate and audit do the same."""
+    from dpo_recipes.models import EMBEDDED_MODEL_ALIAS, load_tokenizer, resolve_model_path
 
-    return load_tokenizer(resolve_model_path(name))
+    name = args.tokenizer
+    if name is None and args.config:
+        name = settings["model"] or EMBEDDED_MODEL_ALIAS
+        print(f"tokenizer: {name} (the model of {args.config}; --tokenizer picks another)")
+    return None if name is None else load_tokenizer(resolve_model_path(name))
 
 
 def _load_data(settings: dict, tokenizer):
@@ -208,7 +213,7 @@ def _load_data(settings: dict, tokenizer):
 
 def _validate(args) -> int:
     settings = _data_settings(args)
-    result = _load_data(settings, _tokenizer(args.tokenizer))
+    result = _load_data(settings, _tokenizer(args, settings))
     print(result.report.summary())
     if args.report:
         print(f"report: {result.report.save(args.report)}")
@@ -219,7 +224,7 @@ def _audit(args) -> int:
     from dpo_recipes.data.audit import audit_length_bias, record_coverage
 
     settings = _data_settings(args)
-    tokenizer = _tokenizer(args.tokenizer)
+    tokenizer = _tokenizer(args, settings)
     result = _load_data(settings, tokenizer)
     r = result.report
     print(f"{r.source}: {r.format}{' + scores' if r.scored else ''}, auditing {r.kept:,} of {r.total_rows:,} rows "

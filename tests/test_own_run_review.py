@@ -311,6 +311,9 @@ def test_validate_with_a_config_and_tokenizer_drops_long_prompts_as_the_run_does
     data = run.load_train_data(run_args, training_args, load_tokenizer(tiny_model_dir))
     assert json.loads(report.read_text())["kept"] == len(data.dataset)
     assert json.loads(report.read_text())["dropped"]["prompt_too_long"] > 0
+    # without --tokenizer, --config measures with the recipe's own model, as the run does
+    config.write_text(config.read_text() + f"model_name_or_path: {tiny_model_dir}\n")
     capsys.readouterr()
-    assert main(["validate", "--config", str(config)]) == 0
-    assert "max_length 40 (from --config) not applied: pass --tokenizer" in capsys.readouterr().out
+    assert main(["validate", "--config", str(config), "--report", str(report)]) == 0
+    assert f"tokenizer: {tiny_model_dir} (the model of {config}" in capsys.readouterr().out
+    assert json.loads(report.read_text())["kept"] == len(data.dataset)
