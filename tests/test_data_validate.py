@@ -219,3 +219,24 @@ def test_truncation_renders_conversational_prompts_with_the_chat_template(tmp_pa
         word_tokenizer.chat_template = None
     assert r.report.warnings["truncated"] == 1
     assert r.report.examples["truncated"][0]["detail"] == "prompt 8 + completion 16 = 24 tokens > 23"
+
+
+def test_prompt_answer_token_boundary_merges_are_counted_not_dropped(tmp_path):
+    """'... is ' + 'Paris' tokenizes as 'is', ' ' alone but 'is', ' Paris' together: TRL then trains on a prompt
+    the model never sees when it answers. Counted (a warning with examples), never dropped."""
+    from dpo_recipes.data import load_preference_data
+    from dpo_recipes.models import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(resolve_model_path("smollm2-135m-instruct"))
+    rows = [{"prompt": "The capital of France is ", "chosen": "Paris, a city on the Seine with two million people.",
+             "rejected": "Lyon, which is the third largest city in the country."},
+            {"prompt": "The capital of France is", "chosen": " Paris, a city on the Seine with two million people.",
+             "rejected": " Lyon, which is the third largest city in the country."}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_preference_data(str(path), tokenizer=tokenizer)
+    assert data.report.kept == 2
+    assert data.report.warnings["prompt_boundary"] == 1
+    assert [e["where"] for e in data.report.examples["prompt_boundary"]] == ["line 1"]
+    assert "not a prefix of prompt + answer tokens" in data.report.summary()
+    assert "prompt_boundary" not in load_preference_data(str(path)).report.warnings  # needs a tokenizer

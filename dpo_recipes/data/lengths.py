@@ -51,7 +51,15 @@ def completion_token_counts(texts: list, tokenizer) -> list[int]:
 
 
 def trainer_prompt_lengths(prompts: list, chosen: list, rejected: list, tokenizer) -> list[int]:
-    """Prompt tokens per pair exactly as TRL 1.16's DPOTrainer counts them before it drops long prompts.
+    """Prompt tokens per pair exactly as TRL 1.16's DPOTrainer counts them (see `trainer_prompt_spans`)."""
+    return [trained for trained, _ in trainer_prompt_spans(prompts, chosen, rejected, tokenizer)]
+
+
+def trainer_prompt_spans(prompts: list, chosen: list, rejected: list, tokenizer) -> list[tuple[int, int]]:
+    """(prompt tokens as TRL 1.16's DPOTrainer takes them, tokens of the prompt tokenized alone) per pair.
+
+    The two differ when the prompt's tokens alone are not a prefix of prompt + answer tokens: the answer's first
+    token merges with the prompt's end ("Answer: " + "42"), or the template renders the prompt differently alone.
 
     DPOTrainer (`_prepare_dataset`) appends EOS to plain completions, tokenizes prompt, prompt + chosen and prompt +
     rejected (plain text with the tokenizer's special tokens, conversations with the chat template), and takes the
@@ -64,7 +72,7 @@ def trainer_prompt_lengths(prompts: list, chosen: list, rejected: list, tokenize
         require_chat_template(tokenizer)
     eos = tokenizer.eos_token or ""
     plain = [i for i, p in enumerate(prompts) if not isinstance(p, list)]
-    out = [0] * len(prompts)
+    out = [(0, 0)] * len(prompts)
     for start in range(0, len(plain), _BATCH):
         idx = plain[start:start + _BATCH]
         ps = [prompts[i] or "" for i in idx]
@@ -72,13 +80,14 @@ def trainer_prompt_lengths(prompts: list, chosen: list, rejected: list, tokenize
         rs = [ps[k] + _with_eos(rejected[i] or "", eos) for k, i in enumerate(idx)]
         p_ids, c_ids, r_ids = (tokenizer(texts)["input_ids"] for texts in (ps, cs, rs))
         for k, i in enumerate(idx):
-            out[i] = min(common_prefix_length(p_ids[k], c_ids[k]), common_prefix_length(p_ids[k], r_ids[k]))
+            out[i] = (min(common_prefix_length(p_ids[k], c_ids[k]), common_prefix_length(p_ids[k], r_ids[k])),
+                      len(p_ids[k]))
     for i, p in enumerate(prompts):
         if isinstance(p, list):
             p_ids = _tokenize(tokenizer, p, add_generation_prompt=True)["input_ids"]
             c_ids = _tokenize(tokenizer, p + (chosen[i] or []))["input_ids"]
             r_ids = _tokenize(tokenizer, p + (rejected[i] or []))["input_ids"]
-            out[i] = min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids))
+            out[i] = (min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids)), len(p_ids))
     return out
 
 

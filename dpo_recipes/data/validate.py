@@ -22,11 +22,16 @@ MODES = ("strict", "warn", "off")
 # duplicate is only counted as one when its first copy is kept.
 RULES = ("missing_prompt", "prompt_mismatch", "no_winner", "empty_field", "missing_score", "identical", "too_short",
          "score_order", "too_similar", "duplicate", "truncated", "prompt_too_long")
+# Counted, never dropped: with a tokenizer, pairs whose prompt tokens alone are not a prefix of prompt + answer tokens.
+BOUNDARY_HELP = ("the prompt's tokens alone are not a prefix of prompt + answer tokens (the answer's first token merges "
+                 "with the prompt's end, or the template renders the prompt differently alone): TRL trains from their "
+                 "common prefix, on a context the model does not see when it answers")
 # Dropped in every validation mode: a pair without a winner, or without a completion token left to train on.
 ALWAYS_DROPPED = ("no_winner", "prompt_too_long")
 RULE_HELP = {
     "missing_prompt": "no prompt (null, empty, or no shared prefix / Human turn to take it from)",
     "prompt_mismatch": "HH-RLHF chosen and rejected transcripts differ before the last Assistant turn",
+    "prompt_boundary": BOUNDARY_HELP,
     "no_winner": "two labelled responses with a tie or no label: neither can be the chosen one",
     "empty_field": "chosen or rejected missing, empty or whitespace-only",
     "missing_score": "score_chosen or score_rejected missing or NaN",
@@ -132,6 +137,10 @@ class ValidationReport:
             where = ", ".join(e["where"] for e in self.examples.get("truncated", []))
             lines.append(f"  warning: {self.warnings['truncated']:,} kept pairs exceed max_length={self.max_length} "
                          f"tokens and will be truncated (e.g. {where}); drop them with drop_truncated")
+        if self.warnings.get("prompt_boundary"):
+            where = ", ".join(e["where"] for e in self.examples.get("prompt_boundary", []))
+            lines.append(f"  warning: {self.warnings['prompt_boundary']:,} kept pairs: {BOUNDARY_HELP} (e.g. {where}); "
+                         "`dpo-recipes show --tokenizer` shows the rendered text")
         if self.ignored_columns:
             lines.append(f"  ignored columns: {', '.join(self.ignored_columns[:8])}"
                          + (" ..." if len(self.ignored_columns) > 8 else ""))
@@ -284,17 +293,19 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
             if issue == "no_winner":
                 reason[i] = "no_winner"
 
-    if drop_prompt_too_long and max_length is not None and tokenizer is not None:
-        from dpo_recipes.data.lengths import trainer_prompt_lengths
+    boundary: list[int] = []
+    if tokenizer is not None and (validation != "off" or (drop_prompt_too_long and max_length is not None)):
+        from dpo_recipes.data.lengths import trainer_prompt_spans
 
         # strict keeps only rows that passed every rule; warn and off keep every row, so every row is measured
         kept_now = [i for i in range(n) if reason[i] != "no_winner" and (
             validation != "strict" or reason[i] in (None, "_truncated_kept"))]
         todo = [i for i in kept_now if norm.prompt[i] and norm.chosen[i] is not None and norm.rejected[i] is not None]
-        lp = trainer_prompt_lengths([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
-                                    [norm.rejected[i] for i in todo], tokenizer)
-        for i, length in zip(todo, lp):
-            if length >= max_length:
+        spans = trainer_prompt_spans([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
+                                     [norm.rejected[i] for i in todo], tokenizer)
+        boundary = [i for i, (trained, alone) in zip(todo, spans) if trained < alone]
+        for i, (length, _) in zip(todo, spans):
+            if drop_prompt_too_long and max_length is not None and length >= max_length:
                 if reason[i] == "_truncated_kept":
                     warnings["truncated"] -= 1
                 reason[i] = "prompt_too_long"
@@ -312,6 +323,14 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
         if len(ex) < cfg.examples_per_rule:
             ex.append({"row": i + 1, "where": raw.where(i), "detail": detail.get(i, RULE_HELP[rule]),
                        "chosen": _preview(norm.chosen_text[i]), "rejected": _preview(norm.rejected_text[i])})
+    boundary = [i for i in boundary if reason[i] in (None, "_truncated_kept") or validation != "strict"]
+    boundary = [i for i in boundary if reason[i] not in ALWAYS_DROPPED]
+    if boundary:
+        warnings["prompt_boundary"] = len(boundary)
+        examples["prompt_boundary"] = [
+            {"row": i + 1, "where": raw.where(i), "detail": RULE_HELP["prompt_boundary"],
+             "chosen": _preview(norm.chosen_text[i]), "rejected": _preview(norm.rejected_text[i])}
+            for i in boundary[:cfg.examples_per_rule]]
     if validation == "strict":
         keep = [i for i, why in enumerate(reason) if why is None or why == "_truncated_kept"]
         dropped = dict(flagged)
