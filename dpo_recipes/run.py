@@ -98,8 +98,10 @@ def load_model_for(model_args, training_args, model_path: str):
                       trust_remote_code=training_args.trust_remote_code)
 
 
-def load_train_data(recipe_args, training_args, tokenizer):
+def load_train_data(recipe_args, training_args, tokenizer, allow_unpaired: bool = False):
     """Load and validate `dataset_name`; keep the first `max_train_samples`. Nothing is written yet.
+
+    `allow_unpaired` (KTO): unpaired data (one answer and a label a row) loads as prompt / completion / label.
 
     Pairs the trainer would drop because their prompt fills `max_length` are dropped here and counted, so the report
     and the summary give the pairs that really train. With none left it stops in one line.
@@ -112,7 +114,8 @@ def load_train_data(recipe_args, training_args, tokenizer):
     data = load_preference_data(
         recipe_args.dataset_name, split=recipe_args.dataset_train_split, data_format=recipe_args.data_format,
         column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),
-        tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True)
+        tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True,
+        allow_unpaired=allow_unpaired)
     if recipe_args.max_train_samples and recipe_args.max_train_samples < len(data.dataset):
         data.report.notes.append(f"max_train_samples: training on the first {recipe_args.max_train_samples} of "
                                  f"{len(data.dataset)} kept pairs")

@@ -1,9 +1,11 @@
 """KTO: preference tuning from unpaired good/bad examples (Ethayarajh et al. 2024), with TRL's KTOTrainer.
 
-KTO needs no pairs: each row is a prompt, one completion and a label (desirable or not). Here the unpaired data is
-derived from the same preference pairs as the DPO recipes with TRL's `unpair_preference_dataset`: every pair gives a
-desirable row (its chosen answer) and an undesirable one (its rejected answer), so the classes are balanced and
-`desirable_weight = undesirable_weight = 1`. With LoRA the reference is the base model with the adapter disabled.
+KTO needs no pairs: each row is a prompt, one completion and a label (desirable or not). Unpaired files (TRL's
+prompt/completion/label, LLaMA-Factory's messages + label, alpaca output + tag, ...) are read as they are. Preference
+pairs are unpaired with TRL's `unpair_preference_dataset`: every pair gives a desirable row (its chosen answer) and an
+undesirable one (its rejected answer), so the classes are balanced and `desirable_weight = undesirable_weight = 1`;
+for unbalanced unpaired data the recipe says which weight keeps the paper's ratio. With LoRA the reference is the
+base model with the adapter disabled.
 
     python recipes/kto.py                                       # embedded SmolLM2 + the identity pairs, LoRA
     python recipes/kto.py --config recipes/configs/kto.yaml --dataset_name my_pairs.jsonl --max_steps 200
@@ -19,6 +21,7 @@ from trl.data_utils import unpair_preference_dataset
 
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.tracking import prepare_wandb
@@ -35,17 +38,22 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
 
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
-    data = run.load_train_data(recipe_args, training_args, tokenizer)
+    data = run.load_train_data(recipe_args, training_args, tokenizer, allow_unpaired=True)
+    unpaired = "label" in data.dataset.column_names  # already one answer and a label a row
     prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
-    plan = run.plan_output_dir("kto", recipe_args, training_args, model_args, model_path, data, rows_per_pair=2)
+    # Pairs are unpaired: one desirable (chosen) and one undesirable (rejected) row each. Shuffled so that a batch
+    # mixes labels: KTO's KL baseline is estimated from mismatched rows inside the batch.
+    if unpaired:
+        train_dataset = data.dataset.shuffle(seed=training_args.seed)
+    else:
+        train_dataset = unpair_preference_dataset(data.dataset.select_columns(["prompt", "chosen", "rejected"]))
+        train_dataset = train_dataset.shuffle(seed=training_args.seed)
+    check_class_balance(train_dataset["label"], training_args)
+    rows_per_pair = 1 if unpaired else 2
+    plan = run.plan_output_dir("kto", recipe_args, training_args, model_args, model_path, data, rows_per_pair)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
         return run.report_finished(plan, recipe_args, training_args, model_args, model_path, tokenizer)
     prepare_wandb(training_args.report_to, training_args.output_dir)
-    # Unpaired: one desirable (chosen) and one undesirable (rejected) row per pair, shuffled so that a batch mixes
-    # labels: KTO's KL baseline is estimated from mismatched rows inside the batch.
-    pairs = data.dataset.select_columns(["prompt", "chosen", "rejected"])
-    train_dataset = unpair_preference_dataset(pairs).shuffle(seed=training_args.seed)
-    logger.info("KTO rows: %d desirable, %d undesirable", len(pairs), len(pairs))
 
     # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer, reference = adapter disabled -
     model = run.load_model_for(model_args, training_args, model_path)
@@ -62,12 +70,28 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     run.set_stage("answering the evaluation prompts after training")
     after = evaluate_prompts(trainer.model, tokenizer, prompts, recipe_args)
     summary = run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics,
-                            rows_per_pair=2)
+                            rows_per_pair=rows_per_pair)
     summary.update(compare(before, after) if prompts else {})
     run.finish(plan, trainer, summary, before, after)
     if prompts:
         print(before_after_table(before, after))
     logger.info("Saved to %s", training_args.output_dir)
+
+
+def check_class_balance(labels: list[bool], training_args: KTOConfig) -> None:
+    """Ethayarajh et al. 2024 (sec. 4.2): keep desirable_weight * n_desirable / (undesirable_weight * n_undesirable)
+    in [1, 4/3]; outside it, say which weight would bring it back."""
+    desirable = sum(labels)
+    undesirable = len(labels) - desirable
+    logger.info("KTO rows: %d desirable, %d undesirable", desirable, undesirable)
+    if not desirable or not undesirable:
+        raise DPORecipesError(f"KTO needs desirable and undesirable rows; this data has {desirable} desirable and "
+                              f"{undesirable} undesirable.")
+    ratio = training_args.desirable_weight * desirable / (training_args.undesirable_weight * undesirable)
+    if not 1 <= ratio <= 4 / 3:
+        logger.warning("desirable_weight * %d / (undesirable_weight * %d) = %.2f is outside the KTO paper's [1, 4/3]: "
+                       "try --desirable_weight %.3g", desirable, undesirable, ratio,
+                       undesirable * training_args.undesirable_weight / desirable)
 
 
 def parse(argv: list[str] | None = None):

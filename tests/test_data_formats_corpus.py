@@ -172,7 +172,7 @@ def test_ultrafeedback_score_ties_are_counted_with_how_to_keep_them():
 
 def test_unpaired_kto_data_is_recognized_and_refused_with_what_to_do():
     with pytest.raises(DPORecipesError,
-                       match=r"unpaired \(KTO-style\) data.*columns messages \+ label.*pair a desirable") as err:
+                       match=r"unpaired \(KTO-style\) data.*columns messages \+ label.*recipes/kto.py") as err:
         read("kto_unpaired.json")
     assert "column_map" not in str(err.value) and "\n" not in str(err.value)
 

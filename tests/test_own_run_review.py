@@ -317,3 +317,22 @@ def test_validate_with_a_config_and_tokenizer_drops_long_prompts_as_the_run_does
     assert main(["validate", "--config", str(config), "--report", str(report)]) == 0
     assert f"tokenizer: {tiny_model_dir} (the model of {config}" in capsys.readouterr().out
     assert json.loads(report.read_text())["kept"] == len(data.dataset)
+
+
+# --- KTO reads unpaired data as it is --------------------------------------------------------------------------------
+def test_kto_trains_on_unpaired_data_and_dpo_refuses_it(tiny_model_dir, tmp_path):
+    def answer(i):
+        return f"{'Yes' if i % 2 == 0 else 'No'}: {i} is {'even' if i % 2 == 0 else 'odd'}, since dividing it by two leaves {i % 2} as the remainder."
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}: is {i} even?"},
+                          {"role": "assistant", "content": answer(i)}], "label": i % 3 != 0} for i in range(12)]
+    path = tmp_path / "kto.json"
+    path.write_text(json.dumps(rows))
+    out = tmp_path / "kto"
+    variant("kto", *quick(tiny_model_dir, out, "--dataset_name", str(path), "--max_steps", "2"))
+    result = summary(out)
+    assert result["steps"] == 2 and result["pairs_after_validation"] == 12 and result["pairs_trained"] == 4
+    report = json.loads((out / "data_validation.json").read_text())
+    assert report["format"] == "unpaired" and "8 desirable, 4 undesirable" in report["notes"][0]
+    with pytest.raises(DPORecipesError, match=r"unpaired \(KTO-style\).*recipes/kto.py"):
+        dpo(*quick(tiny_model_dir, tmp_path / "dpo", "--dataset_name", str(path), "--max_steps", "1"))

@@ -42,7 +42,7 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
                          column_map: str | dict | None = None, validation: str = "strict",
                          config: ValidationConfig | None = None, tokenizer=None,
                          max_length: int | None = None, min_rows: int = 1,
-                         drop_prompt_too_long: bool = False) -> PreferenceData:
+                         drop_prompt_too_long: bool = False, allow_unpaired: bool = False) -> PreferenceData:
     """Read `source`, normalize it to prompt/chosen/rejected (+ scores), and apply the row rules.
 
     `source`: a .jsonl/.json/.csv/.parquet file (optionally .gz), a `save_to_disk` folder, or a hub id.
@@ -50,7 +50,9 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
     `validation`: strict (drop failing rows) | warn (keep, report) | off (no row rules).
     `tokenizer` / `max_length` (tokens, prompt + completion as in DPOConfig): enable the token-based minimum
     lengths and the count of pairs that will be truncated. `drop_prompt_too_long`: also drop (and count) the pairs
-    the trainer would drop because their prompt fills `max_length` (recipes set it).
+    the trainer would drop because their prompt fills `max_length` (recipes set it). `allow_unpaired` (KTO): read
+    unpaired data (one answer and a desirable/undesirable label a row) as prompt / completion / label instead of
+    refusing it.
 
     Raises `DPORecipesError` for structural problems (unreadable file, bad syntax, wrong types, missing
     columns, no rows), and when fewer than `min_rows` rows are kept (0 disables; the CLI's `validate` uses 0).
@@ -62,6 +64,19 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
     mapping = parse_column_map(column_map)
     raw = read_rows(source, split=split)
     columns = apply_column_map(raw, mapping)
+    if allow_unpaired and data_format is None:
+        from dpo_recipes.data.formats.unpaired import read_unpaired
+        from dpo_recipes.data.unpaired import validate_unpaired
+
+        rows = read_unpaired(raw, columns)
+        if rows is not None:
+            keep, report = validate_unpaired(rows, raw, validation=validation, config=config, tokenizer=tokenizer,
+                                             max_length=max_length, drop_prompt_too_long=drop_prompt_too_long)
+            if len(keep) < min_rows:
+                raise DPORecipesError(_too_few_rows(source, len(keep), min_rows, report))
+            return PreferenceData(dataset=datasets.Dataset.from_dict({
+                "prompt": [rows.prompt[i] for i in keep], "completion": [rows.completion[i] for i in keep],
+                "label": [rows.label[i] for i in keep]}), report=report)
     match = detect_format(raw, columns, data_format)
     norm = normalize(raw, columns, match)
     keep, report = run_rules(norm, raw, validation=validation, config=config, tokenizer=tokenizer,

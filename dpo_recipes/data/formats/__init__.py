@@ -137,9 +137,8 @@ def _no_layout(raw: RawRows, columns: list[str]) -> str:
     unpaired = unpaired_layout(raw, columns)
     if unpaired:
         return (f"{raw.source}: unpaired (KTO-style) data: each row is one answer with a desirable/undesirable label "
-                f"({unpaired}), not a chosen/rejected pair for the same prompt. DPO, ORPO and SimPO need pairs, and "
-                "recipes/kto.py in this version reads pairs too (it unpairs them); pair a desirable and an "
-                "undesirable answer to the same prompt first, or train this file with TRL's KTOTrainer directly.")
+                f"({unpaired}), not a chosen/rejected pair for the same prompt. DPO, ORPO and SimPO need pairs; KTO "
+                "learns from unpaired answers: recipes/kto.py --dataset_name THIS_FILE reads it as it is.")
     listed = ", ".join(columns)
     for col in ("chosen", "rejected"):
         if col not in columns:
