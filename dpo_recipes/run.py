@@ -477,7 +477,7 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         / rows_per_pair
     return {
         "model": model_path if model_args.model_name_or_path else f"embedded:{model_path}",
-        "preset": recipe_args.preset, "dataset": recipe_args.dataset_name,
+        "preset": recipe_args.preset, "dataset": recipe_args.dataset_name, "data_read_as": data.report.detected,
         # pairs_total = pairs_after_validation + sum(pairs_dropped); pairs_used: after --max_train_samples
         "pairs_total": data.report.total_rows, "pairs_after_validation": data.report.kept,
         "pairs_dropped": {rule: n for rule, n in data.report.dropped.items() if n}, "pairs_used": len(data.dataset),
