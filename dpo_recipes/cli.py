@@ -4,8 +4,8 @@ Exit status: 0 success; 1 `validate`, `show` or `convert` kept no row; 2 a probl
 `error: ...`, no traceback, nothing written).
 
 `validate`, `audit`, `show` and `convert` take the same data options and rule thresholds, and `--config RECIPE.yaml`
-reads them from a recipe's YAML, so each sees the data the way the run will train on it. Precedence: the ValidationConfig
-defaults, then the YAML, then flags given on the command line.
+reads them from a recipe's YAML, so each sees the data the way the run will train on it. Precedence: the
+ValidationConfig defaults, then the YAML, then flags given on the command line.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_args(a)
     a.add_argument("--report", default=None, metavar="OUT.json", help="write the audit as JSON here")
 
-    s = sub.add_parser("show", help="print the first pairs as validated and, with --tokenizer, as the trainer sees them",
+    s = sub.add_parser("show", help="print the first pairs as validated and, with --tokenizer, as the trainer sees "
+                                    "them",
                        description="Print normalized, validated pairs: prompt (messages with their roles), chosen, "
                                    "rejected, scores. With --tokenizer (default with --config: the recipe's model), "
                                    "also the exact text TRL's DPOTrainer tokenizes, chat template included, and its "
@@ -262,6 +263,7 @@ def _audit(args) -> int:
 
 
 def _show(args) -> int:
+    """Exit 1 when nothing is kept (as `validate`, with its summary saying why); an --offset past the end is an error."""
     from dpo_recipes.data.export import show_pairs
 
     if args.n < 1 or args.offset < 0:
@@ -293,7 +295,8 @@ def _convert(args) -> int:
     result = _load_data(settings, _tokenizer(args, settings))
     print(result.report.summary())
     if result.report.kept:
-        print(f"wrote {result.report.kept:,} pairs to {write_pairs(result.dataset, args.out, kind)}")
+        kept = result.report.kept
+        print(f"wrote {kept:,} pair{'s' if kept != 1 else ''} to {write_pairs(result.dataset, args.out, kind)}")
     else:
         print(f"nothing written: no pair kept ({args.out} left as it was)")
     if args.report:
