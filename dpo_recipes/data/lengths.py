@@ -7,6 +7,7 @@ plus one end-of-sequence token.
 
 from __future__ import annotations
 
+import json
 import re
 
 _BATCH = 2048
@@ -50,12 +51,14 @@ def completion_token_counts(texts: list, tokenizer) -> list[int]:
     return [n + 1 for n in count_tokens(texts, tokenizer)]
 
 
-def trainer_prompt_lengths(prompts: list, chosen: list, rejected: list, tokenizer) -> list[int]:
+def trainer_prompt_lengths(prompts: list, chosen: list, rejected: list, tokenizer,
+                           tools: list | None = None) -> list[int]:
     """Prompt tokens per pair exactly as TRL 1.16's DPOTrainer counts them (see `trainer_prompt_spans`)."""
-    return [trained for trained, _ in trainer_prompt_spans(prompts, chosen, rejected, tokenizer)]
+    return [trained for trained, _ in trainer_prompt_spans(prompts, chosen, rejected, tokenizer, tools)]
 
 
-def trainer_prompt_spans(prompts: list, chosen: list, rejected: list, tokenizer) -> list[tuple[int, int]]:
+def trainer_prompt_spans(prompts: list, chosen: list, rejected: list, tokenizer,
+                         tools: list | None = None) -> list[tuple[int, int]]:
     """(prompt tokens as TRL 1.16's DPOTrainer takes them, tokens of the prompt tokenized alone) per pair.
 
     The two differ when the prompt's tokens alone are not a prefix of prompt + answer tokens: the answer's first
@@ -84,9 +87,11 @@ def trainer_prompt_spans(prompts: list, chosen: list, rejected: list, tokenizer)
                       len(p_ids[k]))
     for i, p in enumerate(prompts):
         if isinstance(p, list):
-            p_ids = _tokenize(tokenizer, p, add_generation_prompt=True)["input_ids"]
-            c_ids = _tokenize(tokenizer, p + (chosen[i] or []))["input_ids"]
-            r_ids = _tokenize(tokenizer, p + (rejected[i] or []))["input_ids"]
+            schema = tools[i] if tools else None  # the JSON tool schemas TRL passes to the template, as it does
+            kwargs = {"tools": json.loads(schema) if isinstance(schema, str) else schema}
+            p_ids = _tokenize(tokenizer, p, add_generation_prompt=True, **kwargs)["input_ids"]
+            c_ids = _tokenize(tokenizer, p + (chosen[i] or []), **kwargs)["input_ids"]
+            r_ids = _tokenize(tokenizer, p + (rejected[i] or []), **kwargs)["input_ids"]
             out[i] = (min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids)), len(p_ids))
     return out
 

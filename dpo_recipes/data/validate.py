@@ -302,7 +302,8 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
             validation != "strict" or reason[i] in (None, "_truncated_kept"))]
         todo = [i for i in kept_now if norm.prompt[i] and norm.chosen[i] is not None and norm.rejected[i] is not None]
         spans = trainer_prompt_spans([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
-                                     [norm.rejected[i] for i in todo], tokenizer)
+                                     [norm.rejected[i] for i in todo], tokenizer,
+                                     [norm.tools[i] for i in todo] if norm.tools is not None else None)
         boundary = [i for i, (trained, alone) in zip(todo, spans) if trained < alone]
         for i, (length, _) in zip(todo, spans):
             if drop_prompt_too_long and max_length is not None and length >= max_length:
