@@ -111,6 +111,18 @@ def default_preset() -> str:
     return "lora-gpu" if torch.cuda.is_available() else "lora-cpu"
 
 
+def performance_defaults() -> dict:
+    """The speed settings every LoRA preset ships for this hardware (benchmarks/throughput.py measures them).
+
+    On a CPU, compute, not memory, bounds a 135M-1B LoRA run: no gradient checkpointing (it recomputes every forward).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    return {"gradient_checkpointing": False}
+
+
 def hardware_defaults() -> dict:
     """Precision for the machine at hand: bf16 where the GPU supports it, fp16 on older GPUs, fp32 on CPU."""
     import torch

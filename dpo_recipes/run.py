@@ -484,7 +484,9 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         "steps": trainer.state.global_step, "resumed_from": plan.checkpoint, "train_seconds": round(train_seconds, 2),
         "pairs_trained": pairs_trained,
         "train_pairs_per_second": round(pairs_trained / train_seconds, 3) if train_seconds else None,
-        "train_loss": metrics.get("train_loss"), "versions": package_versions(),
+        "train_loss": metrics.get("train_loss"),
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",  # of the training forward/backward
+        "versions": package_versions(),
     }
 
 

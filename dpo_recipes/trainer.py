@@ -54,6 +54,13 @@ class ScoreCollator:
         return batch
 
 
+def pair_lengths(dataset, max_length: int | None = None) -> list[int]:
+    """Tokens a tokenized pair pads to: its prompt plus its longer answer (capped at max_length)."""
+    lengths = [len(p) + max(len(c), len(r))
+               for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    return [min(n, max_length) for n in lengths] if max_length else lengths
+
+
 class RecipeDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer plus optional ODPO / R-DPO loss hooks chosen by the recipe config.
 
@@ -98,6 +105,20 @@ class RecipeDPOTrainer(DPOTrainer):
                 raise DPORecipesError("loss_hook works on text preference data only; this dataset has images.")
         if loss_hook == "odpo":
             self.data_collator = ScoreCollator(self.data_collator)
+
+    # --- batches of pairs of similar length: less padding to compute ------------------------------------------------
+    def _get_train_sampler(self, train_dataset=None):
+        """`train_sampling_strategy: group_by_length` for preference pairs. Transformers looks for `input_ids`, which
+        TRL's tokenized pairs do not have; a pair's length here is its prompt plus its longer answer, what the
+        collator pads the batch to."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        if self.args.train_sampling_strategy != "group_by_length" or "prompt_ids" not in columns:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=pair_lengths(dataset, self.args.max_length))
 
     # --- carrying the scores through TRL's data path ---------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

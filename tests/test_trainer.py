@@ -225,3 +225,21 @@ def test_odpo_batch_without_scores_is_an_actionable_error(tmp_path):
     batch = {k: v for k, v in first_batch(trainer).items() if not k.startswith("score_")}
     with pytest.raises(DPORecipesError, match="score_chosen.*ScoreCollator"):
         trainer.compute_loss(trainer.model, batch)
+
+
+def test_group_by_length_batches_pairs_of_similar_length_and_pads_less(tmp_path):
+    rows = [{"prompt": "Q" + "x" * (5 + 37 * i % 60), "chosen": " a" * (1 + i % 4), "rejected": " b" * (2 + i % 3)}
+            for i in range(200)]  # transformers groups within megabatches of up to 50 batches: enough pairs for a few
+    grouped = make(tmp_path, dataset=Dataset.from_list(rows), peft=True, loss_hook=None,
+                   train_sampling_strategy="group_by_length", per_device_train_batch_size=4)
+    plain = make(tmp_path, dataset=Dataset.from_list(rows), peft=True, loss_hook=None,
+                 per_device_train_batch_size=4)
+
+    def padded_tokens(trainer):
+        return sum(b["input_ids"].numel() for b in trainer.get_train_dataloader())
+
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    assert isinstance(grouped._get_train_sampler(), LengthGroupedSampler)
+    assert sorted(i for i in grouped._get_train_sampler()) == list(range(200))  # every pair once
+    assert padded_tokens(grouped) < 0.8 * padded_tokens(plain)
