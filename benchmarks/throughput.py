@@ -119,7 +119,7 @@ def run_variant(variant: str, args) -> dict:
         from dpo_recipes.presets import performance_defaults
         from dpo_recipes.trainer import RecipeDPOTrainer
 
-        config = DPOConfig(**{**common, **performance_defaults()})
+        config = DPOConfig(**{**common, **performance_defaults(), **json.loads(args.set or "{}")})
         trainer = RecipeDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                    peft_config=lora)
     trainer.add_callback(clock)
@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=1, help="steps left out of the steady-state rate")
     parser.add_argument("--variants", default="baseline,like,preset")
+    parser.add_argument("--set", default=None, metavar="JSON",
+                        help='DPOConfig values on top of the like variant\'s, to study a lever: \'{"bf16": false}\'')
     parser.add_argument("--_run", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._run:
@@ -202,6 +204,8 @@ def main() -> None:
                "--steps", str(args.steps), "--batch", str(args.batch), "--warmup", str(args.warmup)]
         if args.model:
             cmd += ["--model", args.model]
+        if args.set:
+            cmd += ["--set", args.set]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:

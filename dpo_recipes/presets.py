@@ -112,17 +112,14 @@ def default_preset() -> str:
 
 
 def performance_defaults() -> dict:
-    """Precision and memory-for-speed settings of the LoRA presets on this hardware (benchmarks/throughput.py's
-    `like` variant applies exactly these to plain TRL's setup, to measure what they alone change).
+    """Plain TRL's LoRA setup made fast and lean on this hardware: what benchmarks/throughput.py's `like` variant adds
+    to TRL's defaults (the recipe's trainer also scores only completion positions in the LM head, an exact change).
 
-    On a CPU, compute, not memory, bounds a 135M-1B LoRA run: no gradient checkpointing (it recomputes the forward).
+    Precision from `hardware_defaults()`, and gradient checkpointing kept on: with the compact LM head it costs 9%
+    of the pairs/s on a CPU and halves peak memory (3.40 against 6.64 GB on 64 HH pairs at max_length 256). The CPU
+    LoRA presets turn it off for speed, since a 135M-1B model fits either way.
     """
-    import torch
-
-    values = hardware_defaults()
-    if not torch.cuda.is_available():
-        values["gradient_checkpointing"] = False
-    return values
+    return {**hardware_defaults(), "gradient_checkpointing": True}
 
 
 def cpu_has_fast_bf16() -> bool:

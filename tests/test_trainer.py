@@ -243,3 +243,25 @@ def test_group_by_length_batches_pairs_of_similar_length_and_pads_less(tmp_path)
     assert isinstance(grouped._get_train_sampler(), LengthGroupedSampler)
     assert sorted(i for i in grouped._get_train_sampler()) == list(range(200))  # every pair once
     assert padded_tokens(grouped) < 0.8 * padded_tokens(plain)
+
+
+def test_scoring_only_completion_positions_gives_the_same_loss_and_gradients(tmp_path):
+    """The CPU speed-up (TRL's compact LM-head path) changes no number: loss and LoRA gradients equal TRL's
+    all-positions path."""
+    import trl.trainer.utils as trl_utils
+
+    from dpo_recipes.trainer import score_completion_tokens_only
+
+    score_completion_tokens_only()
+    patched = trl_utils._use_triton
+    trainer = make(tmp_path, peft=True, loss_hook=None)
+    batch = first_batch(trainer)
+    loss_compact, grads_compact = loss_and_grads(trainer, batch)
+    trl_utils._use_triton = lambda device: False  # TRL's own CPU path: every position projected
+    try:
+        loss_full, grads_full = loss_and_grads(trainer, batch)
+    finally:
+        trl_utils._use_triton = patched
+    assert torch.allclose(loss_compact, loss_full, atol=1e-6)
+    assert grads_compact.keys() == grads_full.keys() and grads_compact
+    assert all(torch.allclose(grads_compact[k], grads_full[k], atol=1e-6) for k in grads_compact)
