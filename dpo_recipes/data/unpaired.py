@@ -8,7 +8,7 @@ from dataclasses import asdict
 from dpo_recipes.data.formats.unpaired import Unpaired, unpaired_texts
 from dpo_recipes.data.lengths import char_length
 from dpo_recipes.data.readers import RawRows
-from dpo_recipes.data.validate import ALWAYS_DROPPED, RULES, ValidationConfig, ValidationReport, _key, _preview
+from dpo_recipes.data.validate import ALWAYS_DROPPED, RULES, ValidationConfig, ValidationReport, _key, tally
 
 
 def validate_unpaired(rows: Unpaired, raw: RawRows, *, validation: str, config: ValidationConfig | None,
@@ -51,16 +51,7 @@ def validate_unpaired(rows: Unpaired, raw: RawRows, *, validation: str, config: 
             if length >= max_length:
                 reason[i] = "prompt_too_long"
                 detail[i] = f"prompt {length} tokens >= max_length {max_length}"
-    flagged = {rule: 0 for rule in RULES}
-    examples: dict[str, list[dict]] = {}
-    for i, why in enumerate(reason):
-        if why is None:
-            continue
-        flagged[why] += 1
-        ex = examples.setdefault(why, [])
-        if len(ex) < cfg.examples_per_rule:
-            ex.append({"row": i + 1, "where": raw.where(i), "detail": detail.get(i, why),
-                       "chosen": _preview(answer_text[i]), "rejected": ""})
+    flagged, examples = tally(reason, detail, raw, answer_text, [None] * n, cfg.examples_per_rule)
     if validation == "strict":
         keep = [i for i, why in enumerate(reason) if why is None]
         dropped = dict(flagged)

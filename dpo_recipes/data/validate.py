@@ -179,6 +179,25 @@ def _similar(chosen: list[str], rejected: list[str], threshold: float, workers: 
     return scores.tolist()
 
 
+def tally(reason: list, detail: dict, raw: RawRows, chosen_text: list, rejected_text: list,
+          per_rule: int) -> tuple[dict[str, int], dict[str, list[dict]]]:
+    """Rows charged to each rule, and the first `per_rule` examples of each ('_truncated_kept' rows are examples of
+    `truncated` but not charged: they are kept)."""
+    flagged = {rule: 0 for rule in RULES}
+    examples: dict[str, list[dict]] = {}
+    for i, why in enumerate(reason):
+        if why is None:
+            continue
+        rule = "truncated" if why == "_truncated_kept" else why
+        if why != "_truncated_kept":
+            flagged[rule] += 1
+        ex = examples.setdefault(rule, [])
+        if len(ex) < per_rule:
+            ex.append({"row": i + 1, "where": raw.where(i), "detail": detail.get(i, RULE_HELP[rule]),
+                       "chosen": _preview(chosen_text[i]), "rejected": _preview(rejected_text[i])})
+    return flagged, examples
+
+
 def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", config: ValidationConfig | None = None,
               tokenizer=None, max_length: int | None = None,
               drop_prompt_too_long: bool = False) -> tuple[list[int], ValidationReport]:
@@ -312,18 +331,7 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                 reason[i] = "prompt_too_long"
                 detail[i] = f"prompt {length} tokens >= max_length {max_length}"
 
-    flagged = {rule: 0 for rule in RULES}
-    examples: dict[str, list[dict]] = {}
-    for i, why in enumerate(reason):
-        if why is None:
-            continue
-        rule = "truncated" if why == "_truncated_kept" else why
-        if why != "_truncated_kept":
-            flagged[rule] += 1
-        ex = examples.setdefault(rule, [])
-        if len(ex) < cfg.examples_per_rule:
-            ex.append({"row": i + 1, "where": raw.where(i), "detail": detail.get(i, RULE_HELP[rule]),
-                       "chosen": _preview(norm.chosen_text[i]), "rejected": _preview(norm.rejected_text[i])})
+    flagged, examples = tally(reason, detail, raw, norm.chosen_text, norm.rejected_text, cfg.examples_per_rule)
     boundary = [i for i in boundary if reason[i] in (None, "_truncated_kept") or validation != "strict"]
     boundary = [i for i in boundary if reason[i] not in ALWAYS_DROPPED]
     if boundary:
