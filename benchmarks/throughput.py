@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -70,16 +72,11 @@ def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 8) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-class _Clock:
-    """A TrainerCallback that notes when each optimizer step ends."""
+class _Clock(TrainerCallback):
+    """Notes when each optimizer step ends."""
 
     def __init__(self):
         self.step_ends: list[float] = []
-
-    def __getattr__(self, name):
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.step_ends.append(time.perf_counter())
@@ -125,7 +122,7 @@ def run_variant(variant: str, args) -> dict:
     trainer.add_callback(clock)
     trainer.train()
     total = time.perf_counter() - start
-    return figures(variant, trainer, clock, total, start, args)
+    return figures(variant, trainer, clock, total, args)
 
 
 def run_preset(args, clock) -> dict:
@@ -158,10 +155,10 @@ def run_preset(args, clock) -> dict:
     recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, argv))
     summary = json.loads((Path(out) / "summary.json").read_text())
     trainer = captured["trainer"]
-    return figures("preset", trainer, clock, summary["train_seconds"], None, args)
+    return figures("preset", trainer, clock, summary["train_seconds"], args)
 
 
-def figures(variant: str, trainer, clock: _Clock, total: float, start: float | None, args) -> dict:
+def figures(variant: str, trainer, clock: _Clock, total: float, args) -> dict:
     import torch
 
     history = trainer.state.log_history

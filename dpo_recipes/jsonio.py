@@ -51,19 +51,30 @@ def apply_default_modes(path: str | os.PathLike) -> None:
     os.chmod(path, dir_mode)
 
 
-def _write_atomic(path: str | os.PathLike, write) -> Path:
+def write_file_atomic(path: str | os.PathLike, write_to) -> Path:
+    """Stage a file beside `path` with `write_to(temporary path)`, give it the umask's modes, rename it into place.
+
+    `path` is then complete or untouched; the temporary file is removed on any error or interrupt."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
+        write_to(tmp)
         apply_default_modes(tmp)  # mkstemp made it 0o600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_atomic(path: str | os.PathLike, write) -> Path:
+    def write_to(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            write(f)
+
+    return write_file_atomic(path, write_to)
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> Path:

@@ -7,6 +7,9 @@ hardware defaults < preset < YAML (`--config`) < command line. Presets never set
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.loss_presets import LOSS_PRESETS
 
@@ -122,10 +125,11 @@ def performance_defaults() -> dict:
     return {**hardware_defaults(), "gradient_checkpointing": True}
 
 
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): 2.5x fp32's matmul rate measured here."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags

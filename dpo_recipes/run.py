@@ -428,9 +428,9 @@ class CheckpointModes(TrainerCallback):
     """Give each checkpoint the umask's modes as it is saved (safetensors writes weights 0o600), not at the end."""
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            for path in Path(args.output_dir).glob("checkpoint-*"):
-                apply_default_modes(path)
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # Trainer's name for the one just saved
+        if state.is_world_process_zero and checkpoint.is_dir():
+            apply_default_modes(checkpoint)
 
 
 def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) -> None:

@@ -11,12 +11,11 @@ import contextlib
 import gzip
 import json
 import os
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.jsonio import apply_default_modes
+from dpo_recipes.jsonio import write_file_atomic
 
 # File endings `convert` writes (longest first: 'x.jsonl.gz' must not be taken for something else).
 OUTPUT_KINDS = {".jsonl.gz": "jsonl.gz", ".jsonl": "jsonl", ".parquet": "parquet"}
@@ -110,11 +109,12 @@ def _prompt_alone(example: dict, tokenizer) -> list[int]:
     keeps only the cut prompt and warns once per process, so `show` says it per pair)."""
     from trl.data_utils import _tokenize
 
+    from dpo_recipes.data.lengths import template_kwargs
+
     if not isinstance(example["prompt"], list):
         return _tokenize(tokenizer, example["prompt"])["input_ids"]
-    tools = example.get("tools")
-    tools = json.loads(tools) if isinstance(tools, str) else tools
-    return _tokenize(tokenizer, example["prompt"], add_generation_prompt=True, tools=tools)["input_ids"]
+    return _tokenize(tokenizer, example["prompt"], add_generation_prompt=True,
+                     **template_kwargs(example.get("tools")))["input_ids"]
 
 
 def format_pair(number: int, example: dict, where: str, rendered: dict | None = None, tokenizer_name: str = "",
@@ -218,18 +218,13 @@ def write_pairs(dataset, out: str, kind: str) -> Path:
     path = Path(out).expanduser()
     write = {"jsonl": _write_jsonl, "jsonl.gz": lambda d, p: _write_jsonl(d, p, gzip.open),
              "parquet": lambda d, p: d.to_parquet(p)}[kind]
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+
+    def write_to(tmp: str) -> None:
         with _no_progress_bars():
             write(dataset, tmp)
-        apply_default_modes(tmp)  # mkstemp made it 0o600
-        os.replace(tmp, path)
+
+    try:
+        write_file_atomic(path, write_to)
     except OSError as exc:
         raise DPORecipesError(f"convert: cannot write {out} ({exc.strerror or exc}).") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path

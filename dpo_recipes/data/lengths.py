@@ -87,13 +87,17 @@ def trainer_prompt_spans(prompts: list, chosen: list, rejected: list, tokenizer,
                       len(p_ids[k]))
     for i, p in enumerate(prompts):
         if isinstance(p, list):
-            schema = tools[i] if tools else None  # the JSON tool schemas TRL passes to the template, as it does
-            kwargs = {"tools": json.loads(schema) if isinstance(schema, str) else schema}
+            kwargs = template_kwargs(tools[i] if tools else None)
             p_ids = _tokenize(tokenizer, p, add_generation_prompt=True, **kwargs)["input_ids"]
             c_ids = _tokenize(tokenizer, p + (chosen[i] or []), **kwargs)["input_ids"]
             r_ids = _tokenize(tokenizer, p + (rejected[i] or []), **kwargs)["input_ids"]
             out[i] = (min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids)), len(p_ids))
     return out
+
+
+def template_kwargs(tools) -> dict:
+    """The chat-template arguments TRL's DPOTrainer passes for a row: its tools, a JSON string or a list."""
+    return {"tools": json.loads(tools) if isinstance(tools, str) else tools}
 
 
 def _with_eos(text: str, eos: str) -> str:

@@ -109,13 +109,14 @@ class ValidationReport:
         lines = [f"{self.source}: {kind}, {self.total_rows:,} rows, validation {self.validation}"]
         if self.detected:
             lines.append(f"  read as {self.detected}")
-        forced = self.dropped.get("prompt_too_long", 0) if self.validation != "strict" else 0
+        # outside strict mode the rules that drop in every mode get lines of their own
+        always = {rule: self.dropped.get(rule, 0) for rule in ALWAYS_DROPPED} if self.validation != "strict" else {}
         if self.validation == "off":
             lines.append(f"  kept {self.kept:,} (row rules off)")
         else:
             counts = dict(self.dropped if self.validation == "strict" else self.flagged)
-            counts["prompt_too_long"] -= forced
-            counts["no_winner"] -= self.dropped.get("no_winner", 0) if self.validation != "strict" else 0
+            for rule, n in always.items():
+                counts[rule] -= n
             verb = "dropped" if self.validation == "strict" else "would drop (kept: warn mode)"
             lines.append(f"  kept {self.kept:,} ({pct:.1f}%), {verb} {sum(counts.values()):,}")
             for rule in RULES:
@@ -125,13 +126,12 @@ class ValidationReport:
             if counts.get("score_order"):
                 lines.append("    (score_order: ties and inversions of score_chosen/score_rejected; when the scores "
                              "are not what you train on, keep them with allow_score_ties: true / --allow-score-ties)")
-        ties = self.dropped.get("no_winner", 0) if self.validation != "strict" else 0
-        if ties:
-            counts_line = f"  dropped {ties:,} labelled pairs with no winner (a tie or no label), in every mode"
-            lines.append(counts_line)
-        if forced:
+        if always.get("no_winner"):
+            lines.append(f"  dropped {always['no_winner']:,} labelled pairs with no winner (a tie or no label), in "
+                         "every mode")
+        if always.get("prompt_too_long"):
             where = ", ".join(e["where"] for e in self.examples.get("prompt_too_long", []))
-            lines.append(f"  dropped {forced:,} whose prompt fills max_length={self.max_length} tokens (no answer "
+            lines.append(f"  dropped {always['prompt_too_long']:,} whose prompt fills max_length={self.max_length} tokens (no answer "
                          f"token left to train on; dropped in every mode), e.g. {where}")
         if self.warnings.get("truncated"):
             where = ", ".join(e["where"] for e in self.examples.get("truncated", []))
@@ -193,9 +193,13 @@ def tally(reason: list, detail: dict, raw: RawRows, chosen_text: list, rejected_
             flagged[rule] += 1
         ex = examples.setdefault(rule, [])
         if len(ex) < per_rule:
-            ex.append({"row": i + 1, "where": raw.where(i), "detail": detail.get(i, RULE_HELP[rule]),
-                       "chosen": _preview(chosen_text[i]), "rejected": _preview(rejected_text[i])})
+            ex.append(_example(i, detail, raw, chosen_text, rejected_text, rule))
     return flagged, examples
+
+
+def _example(i: int, detail: dict, raw: RawRows, chosen_text: list, rejected_text: list, rule: str) -> dict:
+    return {"row": i + 1, "where": raw.where(i), "detail": detail.get(i, RULE_HELP[rule]),
+            "chosen": _preview(chosen_text[i]), "rejected": _preview(rejected_text[i])}
 
 
 def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", config: ValidationConfig | None = None,
@@ -211,7 +215,8 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
         raise DPORecipesError(f"--validation {validation!r}: choose one of {', '.join(MODES)}.")
     cfg = config or ValidationConfig()
     n = len(norm.chosen)
-    reason: list[str | None] = [None] * n
+    # a labelled pair without a winner is no pair at all: dropped in every mode, before any rule
+    reason: list[str | None] = ["no_winner" if issue == "no_winner" else None for issue in norm.issues]
     detail: dict[int, str] = {}
     notes: list[str] = []
     warnings: dict[str, int] = {}
@@ -226,6 +231,8 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
         cws: list[str] = [""] * n
         rws: list[str] = [""] * n
         for i in range(n):
+            if reason[i] is not None:
+                continue
             issue = norm.issues[i]
             c, r, p = ct[i], rt[i], pt[i]
             if cfg.require_prompt and (issue == "missing_prompt" or p is None or not p.strip()):
@@ -233,9 +240,6 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                 continue
             if cfg.require_prompt and issue == "prompt_mismatch":
                 reason[i] = "prompt_mismatch"
-                continue
-            if issue == "no_winner":
-                reason[i] = "no_winner"
                 continue
             if cfg.drop_empty and (c is None or r is None or not c.strip() or not r.strip()):
                 reason[i] = "empty_field"
@@ -307,11 +311,6 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                             reason[i] = "_truncated_kept"
                 warnings["truncated"] = 0 if cfg.drop_truncated else count
 
-    if validation == "off":  # no rule runs, but a labelled pair without a winner is no pair at all
-        for i, issue in enumerate(norm.issues):
-            if issue == "no_winner":
-                reason[i] = "no_winner"
-
     boundary: list[int] = []
     if tokenizer is not None and (validation != "off" or (drop_prompt_too_long and max_length is not None)):
         from dpo_recipes.data.lengths import trainer_prompt_spans
@@ -332,14 +331,11 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                 detail[i] = f"prompt {length} tokens >= max_length {max_length}"
 
     flagged, examples = tally(reason, detail, raw, norm.chosen_text, norm.rejected_text, cfg.examples_per_rule)
-    boundary = [i for i in boundary if reason[i] in (None, "_truncated_kept") or validation != "strict"]
-    boundary = [i for i in boundary if reason[i] not in ALWAYS_DROPPED]
+    boundary = [i for i in boundary if reason[i] != "prompt_too_long"]  # measured on kept rows; this one is not
     if boundary:
         warnings["prompt_boundary"] = len(boundary)
-        examples["prompt_boundary"] = [
-            {"row": i + 1, "where": raw.where(i), "detail": RULE_HELP["prompt_boundary"],
-             "chosen": _preview(norm.chosen_text[i]), "rejected": _preview(norm.rejected_text[i])}
-            for i in boundary[:cfg.examples_per_rule]]
+        examples["prompt_boundary"] = [_example(i, {}, raw, norm.chosen_text, norm.rejected_text, "prompt_boundary")
+                                       for i in boundary[:cfg.examples_per_rule]]
     if validation == "strict":
         keep = [i for i, why in enumerate(reason) if why is None or why == "_truncated_kept"]
         dropped = dict(flagged)

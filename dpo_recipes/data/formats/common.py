@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from dpo_recipes.data.readers import RawRows, type_name
@@ -63,17 +64,16 @@ class Match:
         return f"{self.format} (" + ", ".join(f"{part}: {col}" for part, col in self.columns.items()) + ")"
 
 
-class Reader:
+class Reader(ABC):
     """A format family. `detect` looks at the column names and a few rows and returns a Match (or None); `pair`
     normalizes one row. Readers are tried in `formats.READERS` order; the first match wins."""
 
     names: tuple[str, ...] = ()    # format names this reader answers to (--format)
     layout = ""                   # one line for the docs and errors
-    conversational = True          # output: message lists (True) or strings
-    scored_columns = ("score_chosen", "score_rejected")
 
+    @abstractmethod
     def detect(self, raw: RawRows, columns: list[str]) -> Match | None:
-        raise NotImplementedError
+        """How this reader would read the file, or None when the file is not its layout."""
 
     def force(self, raw: RawRows, columns: list[str], name: str) -> Match:
         """The Match when the user forces this format; raises when the file cannot be read that way."""
@@ -84,8 +84,9 @@ class Reader:
         match.format = name
         return match
 
+    @abstractmethod
     def pair(self, row: dict, at: RowRef, match: Match) -> Pair:
-        raise NotImplementedError
+        """One row as a Pair; structural errors raise, naming the row and field (`at.fail`)."""
 
 
 class RowRef:

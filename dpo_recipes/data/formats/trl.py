@@ -28,7 +28,6 @@ def _answers(columns: list[str]) -> tuple[str | None, str | None]:
 class Plain(Reader):
     names = ("plain",)
     layout = "prompt, chosen, rejected as strings"
-    conversational = False
 
     def detect(self, raw: RawRows, columns: list[str]) -> Match | None:
         chosen, rejected = _answers(columns)
@@ -37,13 +36,10 @@ class Plain(Reader):
         values = [first_value(raw, c) for c in ("prompt", chosen)]
         if not all(v is None or isinstance(v, str) for v in values):
             return None
-        return _match(self, "plain", columns, "prompt", chosen, rejected)
+        return _match("plain", columns, "prompt", chosen, rejected, tools=False)
 
     def force(self, raw, columns, name):
-        chosen, rejected = _answers(columns)
-        if "prompt" not in columns:
-            raise missing_prompt_error(raw, columns, name)
-        return _match(self, name, columns, "prompt", chosen or "chosen", rejected or "rejected")
+        return _forced(raw, columns, name, "prompt" if "prompt" in columns else None, tools=False)
 
     def pair(self, row, at, match):
         c = match.columns
@@ -74,14 +70,10 @@ class Conversational(Reader):
                 "assistant", "gpt", "bot", "model", "function_call") and prompt == "prompt" and not is_messages(p):
             return None  # whole conversations in chosen/rejected: implicit_prompt
         sharegpt = prompt != "prompt" or (is_messages(p) and "from" in p[0]) or (isinstance(c, dict) and "from" in c)
-        return _match(self, "sharegpt" if sharegpt else "conversational", columns, prompt, chosen, rejected)
+        return _match("sharegpt" if sharegpt else "conversational", columns, prompt, chosen, rejected, tools=True)
 
     def force(self, raw, columns, name):
-        chosen, rejected = _answers(columns)
-        prompt = first_column(columns, MESSAGE_PROMPTS)
-        if prompt is None:
-            raise missing_prompt_error(raw, columns, name)
-        return _match(self, name, columns, prompt, chosen or "chosen", rejected or "rejected")
+        return _forced(raw, columns, name, first_column(columns, MESSAGE_PROMPTS), tools=True)
 
     def pair(self, row, at, match):
         c = match.columns
@@ -94,11 +86,19 @@ class Conversational(Reader):
         return Pair(p, chosen, rejected, issue="missing_prompt" if p is None else None, tools=tools)
 
 
-def _match(reader: Reader, name: str, columns: list[str], prompt: str, chosen: str, rejected: str) -> Match:
+def _match(name: str, columns: list[str], prompt: str, chosen: str, rejected: str, tools: bool) -> Match:
+    """The columns read: the three parts, a `system` column, and (message layouts only) a `tools` column."""
     used = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
     if "system" in columns:
         used["system"] = "system"
-    if "tools" in columns and reader.conversational:
+    if tools and "tools" in columns:
         used["tools"] = "tools"
     return Match(name, used)
 
+
+def _forced(raw: RawRows, columns: list[str], name: str, prompt: str | None, tools: bool) -> Match:
+    """A forced TRL layout: the prompt column must exist; missing answer columns are left to the row checks."""
+    if prompt is None:
+        raise missing_prompt_error(raw, columns, name)
+    chosen, rejected = _answers(columns)
+    return _match(name, columns, prompt, chosen or "chosen", rejected or "rejected", tools)

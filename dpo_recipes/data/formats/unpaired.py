@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpo_recipes.data.formats.common import RowRef, completion, joined, messages, text
+from dpo_recipes.data.formats.common import RowRef, completion, joined, messages, text, with_system
+from dpo_recipes.data.formats.ranked import alpaca_prompt
 from dpo_recipes.data.readers import RawRows, type_name
 
 # (answer column, label column, prompt column) of the layouts seen in public projects
@@ -61,6 +62,7 @@ def read_unpaired(raw: RawRows, columns: list[str]) -> Unpaired | None:
     out = Unpaired(detected=f"unpaired (prompt: {prompt_col or answer + '[:-1]'}, completion: "
                             f"{answer + '[-1]' if prompt_col is None else answer}, label: {label})",
                    ignored_columns=[c for c in columns if c not in used])
+    alpaca_columns = {"prompt": prompt_col, **({"input": "input"} if "input" in columns else {})}
     for i, row in enumerate(raw.rows):
         at = RowRef(raw, i)
         flag = row.get(label)
@@ -70,17 +72,12 @@ def read_unpaired(raw: RawRows, columns: list[str]) -> Unpaired | None:
             turns = messages(row.get(answer), at, answer, "user") or []
             prompt, answer_msgs = turns[:-1], completion(turns[-1:], at, answer)
         elif answer == "output":  # alpaca
-            instruction = text(row.get(prompt_col), at, prompt_col) or ""
-            extra = text(row.get("input"), at, "input") if "input" in row else None
-            query = "\n".join(part for part in (instruction, extra) if part and part.strip())
-            prompt = [{"role": "user", "content": query}] if query else []
+            prompt = alpaca_prompt(row, at, alpaca_columns) or []
             answer_msgs = messages(text(row.get(answer), at, answer), at, answer, "assistant")
         else:
             prompt = messages(row.get(prompt_col), at, prompt_col, "user") or []
             answer_msgs = completion(messages(row.get(answer), at, answer, "assistant"), at, answer)
-        system = row.get("system")
-        if system and isinstance(system, str) and system.strip() and not (prompt and prompt[0]["role"] == "system"):
-            prompt = [{"role": "system", "content": system}, *prompt]
+        prompt = with_system(prompt, row.get("system"), at, "system")
         out.prompt.append(prompt)
         out.completion.append(answer_msgs)
         out.label.append(bool(flag))
