@@ -268,7 +268,8 @@ def test_checkpoints_get_the_umasks_modes_when_saved(tmp_path):
     weights.chmod(0o600)
     old = os.umask(0o022)
     try:
-        CheckpointModes().on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(is_world_process_zero=True, global_step=3),
+        CheckpointModes().on_save(SimpleNamespace(output_dir=str(tmp_path)),
+                                  SimpleNamespace(is_world_process_zero=True, global_step=3),
                                   None)
     finally:
         os.umask(old)
