@@ -1,6 +1,8 @@
 """A `DPOTrainer` subclass that applies the loss hooks TRL lacks (see `dpo_recipes.losses`).
 
-With `loss_hook=None` it is exactly TRL's `DPOTrainer`: no method below changes anything on that path.
+With `loss_hook=None` and `share_prompts=False` it is exactly TRL's `DPOTrainer`. `share_prompts` (on by default) runs
+each pair's prompt through the model once (`dpo_recipes.shared_prompt`): the same numbers to float rounding, for less
+compute. `reference_cache` keeps the reference's log-probs per pair on disk (`dpo_recipes.reference_cache`).
 
 How a hook is applied, without copying TRL's 300-line `_compute_loss`:
 
@@ -30,6 +32,8 @@ from trl import DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.losses import dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
+from dpo_recipes.shared_prompt import install as install_shared_prompt
+from dpo_recipes.shared_prompt import shared_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,10 @@ class RecipeDPOTrainer(DPOTrainer):
         odpo_alpha: ODPO offset scale alpha; the offset is alpha * log(s_w - s_l). Paper default 1.0.
         odpo_ratio: use log(s_w / s_l) as the offset instead (scores must then be positive).
         rdpo_alpha: R-DPO length coefficient per completion token, added as alpha * (|y_w| - |y_l|) to the logit.
+        reference_cache: a folder for the reference's log-probs per pair (`dpo_recipes.reference_cache`): later
+            epochs and later runs on the same pairs and model skip the reference forward. None: TRL's behaviour.
+        share_prompts: run each pair's shared prompt through the model once (`dpo_recipes.shared_prompt`: the same
+            log-probs for less compute) where the model allows it; False runs TRL's two rows per pair.
         *args, **kwargs: passed to `trl.DPOTrainer` unchanged.
 
     The hook replaces the `sigmoid` entry of `args.loss_type` (keeping its weight in `args.loss_weights`); other
@@ -100,7 +108,7 @@ class RecipeDPOTrainer(DPOTrainer):
     """
 
     def __init__(self, *args, loss_hook: str | None = None, odpo_alpha: float = 1.0, odpo_ratio: bool = False,
-                 rdpo_alpha: float = 0.0, **kwargs):
+                 rdpo_alpha: float = 0.0, share_prompts: bool = True, reference_cache: str | None = None, **kwargs):
         if loss_hook not in (None, *LOSS_HOOKS):
             raise DPORecipesError(f"loss_hook={loss_hook!r} is not a hook; use one of {list(LOSS_HOOKS)} or leave it "
                                   "unset for TRL's own loss types.")
@@ -121,13 +129,23 @@ class RecipeDPOTrainer(DPOTrainer):
                                       else [("eval_dataset", eval_dataset)]):
                     check_hook_scores(dataset, name, odpo_ratio)
         score_completion_tokens_only()
+        # Installed on a model object before TRL's constructor, so a reference precomputation there shares too.
+        model = kwargs.get("model", args[0] if args else None)
+        self._shared_prompt_wrappers = [install_shared_prompt(_causal_lm(model))] if share_prompts and isinstance(
+            model, torch.nn.Module) else []
         super().__init__(*args, **kwargs)
+        if share_prompts and not self._is_vision_dataset and not getattr(self.args, "use_liger_kernel", False):
+            self._shared_prompt_wrappers = [install_shared_prompt(_causal_lm(m, self.accelerator))
+                                            for m in (self.model, self.ref_model) if m is not None]
+        else:
+            self._shared_prompt_wrappers = []
         if loss_hook is not None:
             check_hook_config(loss_hook, self.args)  # args may have been None above: TRL built a default
             if self._is_vision_dataset:
                 raise DPORecipesError("loss_hook works on text preference data only; this dataset has images.")
         if loss_hook == "odpo":
             self.data_collator = ScoreCollator(self.data_collator)
+        self.reference_cache = self._open_reference_cache(reference_cache) if reference_cache else None
 
     # --- batches of pairs of similar length: less padding to compute ------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -151,10 +169,78 @@ class RecipeDPOTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model, inputs):
         # TRL passes every non-token key of the batch to the model; the scores are not model inputs.
-        return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS})
+        with self._sharing_prompts():
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS})
+
+    @contextlib.contextmanager
+    def _sharing_prompts(self):
+        """Every backbone forward in the block runs each pair's shared prompt once (where installed)."""
+        with contextlib.ExitStack() as stack:
+            for wrapper in getattr(self, "_shared_prompt_wrappers", []):
+                stack.enter_context(shared_prompts(wrapper))
+            yield
+
+    def shared_prompt_tokens(self) -> tuple[int, int]:
+        """(tokens in TRL's two-row layout, tokens the model actually ran) over the packed forwards so far."""
+        wrappers = [w for w in self._shared_prompt_wrappers if w is not None]
+        return sum(w.tokens_before for w in wrappers), sum(w.tokens_after for w in wrappers)
 
     # --- the loss ------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self._sharing_prompts():
+            if self.reference_cache is None or self.precompute_ref_logps:
+                return self._compute_loss_with_hook(model, inputs, return_outputs, num_items_in_batch)
+            inputs = self._with_reference_log_probs(model, inputs)
+            self.precompute_ref_logps = True  # TRL's loss then reads the reference from the batch
+            try:
+                return self._compute_loss_with_hook(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self.precompute_ref_logps = False
+
+    # --- the reference's log-probs, cached per pair -----------------------------------------------------------------
+    def _open_reference_cache(self, directory: str):
+        """The cache for this reference, or None where its weights cannot be read whole here (ZeRO-3, FSDP), where
+        TRL precomputes the reference anyway, or for images."""
+        from dpo_recipes.reference_cache import ReferenceCache, reference_key
+
+        if self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled:
+            return None
+        reference = self.accelerator.unwrap_model(self.ref_model or self.model)
+        if any(p.numel() == 0 for p in reference.parameters()):  # ZeRO-3 partitioned: no honest key
+            return None
+        adapter_disabled = self.ref_model is None and is_peft_model(reference) and "ref" not in reference.peft_config
+        precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else str(next(reference.parameters()).dtype)
+        key = reference_key(reference, adapter_disabled=adapter_disabled, precision=precision, ld_alpha=self.ld_alpha)
+        return ReferenceCache(directory, key)
+
+    def _with_reference_log_probs(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch with `ref_chosen_logps`/`ref_rejected_logps`: from the cache, or computed by TRL and kept."""
+        from dpo_recipes.reference_cache import pair_keys
+
+        keys = pair_keys(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        cached = self.reference_cache.lookup(keys)
+        if cached is None:
+            chosen, rejected = self.compute_ref_log_probs(self.ref_model or model, inputs)
+            self.reference_cache.store(keys, chosen, rejected)
+        else:
+            chosen, rejected = cached
+        device = inputs["input_ids"].device
+        return {**inputs, "ref_chosen_logps": chosen.to(device, torch.float32),
+                "ref_rejected_logps": rejected.to(device, torch.float32)}
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.reference_cache is not None:
+            self.reference_cache.save()
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.reference_cache is not None:
+                self.reference_cache.save()
+
+    def _compute_loss_with_hook(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
         inputs = {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS}
         if self.loss_hook is None:
@@ -255,6 +341,12 @@ class RecipeDPOTrainer(DPOTrainer):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _causal_lm(model, accelerator=None):
+    """The causal LM beneath DDP/DeepSpeed and PEFT wrappers (the module TRL gave its fused LM head)."""
+    model = accelerator.unwrap_model(model) if accelerator is not None else model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def check_hook_config(loss_hook: str, args) -> None:

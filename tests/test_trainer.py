@@ -117,10 +117,12 @@ def test_alpha_zero_reproduces_trl_loss_and_gradients_exactly(tmp_path, hook, se
 
 
 def test_no_hook_is_trl_dpo_trainer(tmp_path):
-    ours, theirs = make(tmp_path / "a"), make(tmp_path / "b", trainer_cls=DPOTrainer)
+    ours, theirs = make(tmp_path / "a", share_prompts=False), make(tmp_path / "b", trainer_cls=DPOTrainer)
     batch = first_batch(ours)
     assert torch.equal(loss_and_grads(ours, batch)[0], loss_and_grads(theirs, batch)[0])
     assert "score_chosen" not in batch  # no hook: TRL's batch, untouched
+    shared = make(tmp_path / "c")  # prompts run once per pair: the same loss to float rounding
+    torch.testing.assert_close(loss_and_grads(shared, batch)[0], loss_and_grads(theirs, batch)[0], rtol=1e-6, atol=1e-6)
 
 
 # --- with alpha != 0 the hooks compute the paper's loss on the model's real log-probs -------------------------------
@@ -205,7 +207,8 @@ def test_unknown_hook_name_is_an_error(tmp_path):
 def test_trl_loss_types_pass_through_untouched_without_hook(tmp_path):
     for i, loss_type in enumerate(["ipo", "hinge", "robust", "sigmoid_norm", "apo_zero"]):
         kw = dict(loss_type=[loss_type], label_smoothing=0.1 if loss_type == "robust" else 0.0)
-        ours, theirs = make(tmp_path / f"a{i}", **kw), make(tmp_path / f"b{i}", trainer_cls=DPOTrainer, **kw)
+        ours = make(tmp_path / f"a{i}", share_prompts=False, **kw)
+        theirs = make(tmp_path / f"b{i}", trainer_cls=DPOTrainer, **kw)
         batch = first_batch(ours)
         assert torch.equal(loss_and_grads(ours, batch)[0], loss_and_grads(theirs, batch)[0]), loss_type
 

@@ -1,0 +1,205 @@
+"""Each pair's prompt through the model once, not twice: the same log-probs for less compute.
+
+TRL's DPO batch is `[chosen rows; rejected rows]`, each row `prompt + answer`, so every prompt token is run through
+the model twice in the policy forward, twice in the backward and twice in the reference forward. On chat data with
+long prompts (multi-turn HH, RAG) the prompt is most of the tokens.
+
+While `shared_prompts(model)` is active, the model's backbone (the decoder stack under the LM head) runs each pair as
+one row instead: the tokens both rows share from the start (the prompt, and any answer tokens that begin alike) once,
+then the chosen tail, then the rejected tail. A 4D attention mask keeps the rejected tail from seeing the chosen tail,
+and position ids restart the rejected tail where the shared part ends, so every token sees exactly the keys and
+positions it sees in its own row. The hidden states are then gathered back into TRL's `[chosen; rejected]` layout,
+so the LM head, the log-probs, the loss and all metrics are TRL's own code on the same values (equal to float
+rounding: tested against the unshared forward, and the gradients too, which sum over both uses of a shared token).
+
+It applies where that is exact: decoder-only models whose attention is full causal attention over position ids
+(Llama, Mistral without a sliding window, Qwen2/3, Gemma, Phi-3, OLMo, Granite, SmolLM3, ...) with the `sdpa` or
+`eager` attention implementation. Anything else (flash-attention kernels, sliding windows, MoE routers, multimodal
+inputs, a batch that is not TRL's pair layout) runs the backbone unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from dataclasses import dataclass
+
+import torch
+
+# Model types whose decoder is plain causal self-attention over `position_ids` (rotary or learned), one layer type.
+SUPPORTED_MODEL_TYPES = frozenset({
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "olmo", "olmo2", "granite", "smollm3", "stablelm",
+    "starcoder2", "phi", "gpt_neox", "glm", "helium", "cohere",
+})
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+def unsupported_reason(model) -> str | None:
+    """Why the shared-prompt forward cannot run on `model` (a causal LM, unwrapped), or None when it can."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return "the model has no config"
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if text_config is not config:
+        return "multimodal models are not supported"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} is not one whose attention it knows to be plain causal attention"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "the model uses sliding-window attention"
+    if len(set(getattr(config, "layer_types", None) or ["full_attention"])) > 1:
+        return "the model mixes attention layer types"
+    attention = getattr(config, "_attn_implementation", None)
+    if attention not in SUPPORTED_ATTENTION:
+        return f"attention implementation {attention!r} takes no 4D mask (use sdpa or eager)"
+    if _backbone(model) is None:
+        return "the model's decoder stack was not found"
+    return None
+
+
+def _backbone(model):
+    """The decoder stack a causal LM's forward (and TRL's fused LM head) calls: `model.base_model`."""
+    backbone = getattr(model, "base_model", None)
+    return backbone if backbone is not None and backbone is not model else None
+
+
+@dataclass
+class PackedPairs:
+    """Pairs packed one row each, and how to put their hidden states back in the `[chosen; rejected]` layout."""
+
+    input_ids: torch.Tensor       # (pairs, packed length)
+    position_ids: torch.Tensor    # (pairs, packed length)
+    attention_mask: torch.Tensor  # (pairs, 1, packed length, packed length), True where a query may see a key
+    row: torch.Tensor             # (2 * pairs, length): packed row of each original position
+    column: torch.Tensor          # (2 * pairs, length): packed position of each original position
+
+
+def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedPairs | None:
+    """Pack TRL's right-padded `[chosen; rejected]` batch (2 * pairs rows) into one row per pair, or None when the
+    batch is not in that layout (odd rows, left or inner padding)."""
+    rows, length = input_ids.shape
+    if rows % 2 or attention_mask is None or attention_mask.shape != input_ids.shape:
+        return None
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1)
+    if not torch.equal(mask, torch.arange(length, device=mask.device) < lengths[:, None]):
+        return None  # only right padding: the real tokens must be a prefix of each row
+    pairs = rows // 2
+    chosen_len, rejected_len = lengths[:pairs], lengths[pairs:]
+    both = torch.minimum(chosen_len, rejected_len)
+    differs = (input_ids[:pairs] != input_ids[pairs:]) | (torch.arange(length, device=mask.device) >= both[:, None])
+    # The shared prefix ends at the first position where the rows differ (or where the shorter one ends).
+    shared = torch.where(differs.any(dim=1), differs.int().argmax(dim=1), both)
+    chosen_tail, rejected_tail = chosen_len - shared, rejected_len - shared
+    packed_len = shared + chosen_tail + rejected_tail
+    width = int(packed_len.max())
+
+    key = torch.arange(width, device=mask.device)[None, :]                        # packed positions, as keys
+    query = key.transpose(0, 1)                                                    # and as queries, down
+    in_row = key < packed_len[:, None]
+    in_rejected_tail = (key >= chosen_len[:, None]) & in_row
+    positions = torch.where(in_rejected_tail, key - chosen_tail[:, None], key)
+    positions = torch.where(in_row, positions, 0)
+
+    # Which original (row, position) fills each packed position: the chosen row for the shared part and its tail,
+    # the rejected row (shifted back over the chosen tail) for the rejected tail. Padding repeats some real token.
+    pair = torch.arange(pairs, device=mask.device)[:, None]
+    source_row = torch.where(in_rejected_tail, pair + pairs, pair)
+    source_col = torch.where(in_rejected_tail, key - chosen_tail[:, None], key).clamp(max=length - 1)
+    packed_ids = input_ids[source_row, source_col]
+
+    in_chosen_tail = (key >= shared[:, None]) & (key < chosen_len[:, None])
+    visible = ((key <= query)[None] & in_row[:, None, :]
+               & ~(in_rejected_tail[:, :, None] & in_chosen_tail[:, None, :]))
+    visible = visible | torch.eye(width, dtype=torch.bool, device=mask.device)[None]  # padding sees itself: no NaN
+
+    # Back: original chosen position t is packed t; rejected position t is t below the shared prefix, else t + tail.
+    t = torch.arange(length, device=mask.device)[None, :]
+    column = torch.cat([t.expand(pairs, length),
+                        torch.where(t < shared[:, None], t, t + chosen_tail[:, None])]).clamp(max=width - 1)
+    row = torch.arange(pairs, device=mask.device).repeat(2)[:, None].expand(rows, length)
+    return PackedPairs(packed_ids, positions, visible[:, None], row, column)
+
+
+def unpack_hidden(hidden: torch.Tensor, packed: PackedPairs) -> torch.Tensor:
+    """(pairs, packed length, d) hidden states -> (2 * pairs, length, d) in TRL's layout (padding positions get some
+    real token's state; TRL scores none of them)."""
+    return hidden[packed.row, packed.column]
+
+
+def _attention_mask_for(model, visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """sdpa takes the boolean mask; eager adds the mask to the scores, so it gets 0 / dtype-min."""
+    if model.config._attn_implementation == "sdpa":
+        return visible
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible,
+                                                                                      torch.finfo(dtype).min)
+
+
+class SharedPromptForward:
+    """Wraps a causal LM's backbone forward; packs pairs only while `active`."""
+
+    def __init__(self, model):
+        self.model = model
+        self.backbone = _backbone(model)
+        self.original = self.backbone.forward
+        self.active = False
+        self.packed_batches = 0
+        self.tokens_before = 0
+        self.tokens_after = 0
+        wrapper = self
+
+        def forward(backbone_self, *args, **kwargs):
+            packed = None if args else wrapper._pack(kwargs)
+            if packed is None:
+                return wrapper.original(*args, **kwargs)
+            kwargs.pop("attention_mask", None)
+            kwargs.pop("position_ids", None)
+            dtype = wrapper.model.get_input_embeddings().weight.dtype
+            kwargs["input_ids"] = packed.input_ids
+            outputs = wrapper.original(position_ids=packed.position_ids,
+                                       attention_mask=_attention_mask_for(wrapper.model, packed.attention_mask, dtype),
+                                       **kwargs)
+            outputs.last_hidden_state = unpack_hidden(outputs.last_hidden_state, packed)
+            return outputs
+
+        self.backbone.forward = types.MethodType(forward, self.backbone)
+        self.backbone._dpo_recipes_shared_prompt = self
+
+    def _pack(self, kwargs) -> PackedPairs | None:
+        input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if not self.active or input_ids is None or input_ids.dim() != 2:
+            return None
+        # Anything that depends on the row layout, or that asks for per-position outputs, runs unshared.
+        layout_kwargs = ("position_ids", "inputs_embeds", "past_key_values", "token_type_ids", "cache_position")
+        if any(kwargs.get(k) is not None for k in layout_kwargs) or kwargs.get("use_cache"):
+            return None
+        if any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states", "output_router_logits")):
+            return None
+        packed = pack_pairs(input_ids, attention_mask)
+        if packed is not None:
+            self.packed_batches += 1
+            self.tokens_before += int(input_ids.numel())
+            self.tokens_after += int(packed.input_ids.numel())
+        return packed
+
+
+def install(model) -> SharedPromptForward | None:
+    """Install the (inactive) shared-prompt wrapper on `model`'s backbone, or return None where it cannot apply.
+    `model` is the causal LM itself (beneath PEFT / DDP wrappers). Installing twice returns the first wrapper."""
+    if unsupported_reason(model) is not None:
+        return None
+    existing = getattr(_backbone(model), "_dpo_recipes_shared_prompt", None)
+    return existing if existing is not None else SharedPromptForward(model)
+
+
+@contextlib.contextmanager
+def shared_prompts(wrapper: SharedPromptForward | None):
+    """Pack pairs in every backbone forward during the block (a no-op for None)."""
+    if wrapper is None:
+        yield
+        return
+    previous, wrapper.active = wrapper.active, True
+    try:
+        yield
+    finally:
+        wrapper.active = previous

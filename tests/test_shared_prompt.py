@@ -1,0 +1,150 @@
+"""The shared-prompt forward: each pair's prompt runs once, and log-probs, loss and gradients equal TRL's two-row
+forward to float rounding, for sdpa and eager attention, LoRA and full models, with gradient checkpointing and a
+precomputed reference; batches and models it cannot pack run unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import add_fused_lm_head
+
+from dpo_recipes.shared_prompt import install, pack_pairs, shared_prompts, unpack_hidden, unsupported_reason
+from test_trainer import make, pairs, tiny_model, tiny_tokenizer
+
+EXAMPLES = [  # prompts of different lengths; answers that start alike, differ at once, or are prefixes of each other
+    {"prompt_ids": [5, 6, 7, 8, 9], "chosen_ids": [10, 11, 12], "rejected_ids": [10, 13]},
+    {"prompt_ids": [5, 6], "chosen_ids": [20, 21, 22, 23, 24, 25], "rejected_ids": [30]},
+    {"prompt_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "chosen_ids": [12], "rejected_ids": [12, 13, 14]},
+]
+
+
+def batch(examples=EXAMPLES, **collator):
+    return DataCollatorForPreference(pad_token_id=0, **collator)(examples)
+
+
+def test_pack_pairs_shares_the_common_prefix_and_restarts_the_rejected_positions():
+    b = batch()
+    packed = pack_pairs(b["input_ids"], b["attention_mask"])
+    # Pair 0: shared [5..9, 10] (the answers both start with 10), chosen tail [11, 12], rejected tail [13].
+    assert packed.input_ids[0, :9].tolist() == [5, 6, 7, 8, 9, 10, 11, 12, 13]
+    assert packed.position_ids[0, :9].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 6]
+    visible = packed.attention_mask[0, 0]
+    assert visible[8, :6].all() and not visible[8, 6:8].any() and visible[8, 8]  # rejected sees prompt, not chosen
+    assert visible[7, :8].all() and not visible[7, 8]                            # chosen is plainly causal
+    # Pair 2: the chosen answer is a prefix of the rejected one: nothing of its own, all shared.
+    assert packed.input_ids[2].tolist() == list(range(1, 15))
+    assert packed.position_ids[2].tolist() == list(range(14))
+    # Back in TRL's layout: every real token of every row reads its own packed position.
+    hidden = packed.input_ids[..., None].float()
+    rows = unpack_hidden(hidden, packed)[..., 0].long()
+    real = b["attention_mask"].bool()
+    assert torch.equal(rows[real], b["input_ids"][real])
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_log_probs_and_gradients_equal_the_two_row_forward(attention):
+    model = tiny_model(tiny_tokenizer())
+    model.config._attn_implementation = attention
+    add_fused_lm_head(model)
+    b = batch()
+    labels = b["input_ids"].masked_fill(b["completion_mask"] == 0, -100)
+    wrapper = install(model)
+
+    def run(shared):
+        model.zero_grad()
+        with shared_prompts(wrapper if shared else None):
+            log_probs = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=labels,
+                              fused_lm_head=True).log_probs
+        (log_probs.sum() + (log_probs ** 2).sum()).backward()
+        return log_probs.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, plain_grads = run(False)
+    shared, shared_grads = run(True)
+    assert wrapper.packed_batches == 1 and wrapper.tokens_after * 2 == wrapper.tokens_before
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+SETUPS = {
+    "lora": dict(peft=True),
+    "lora_checkpointing_sft": dict(peft=True, gradient_checkpointing=True, loss_type=["sigmoid", "sft"],
+                                   loss_weights=[1.0, 1.0]),
+    "lora_precomputed_reference": dict(peft=True, precompute_ref_log_probs=True),
+    "full_with_reference_model": dict(),
+    "odpo_hook": dict(peft=True, loss_hook="odpo"),
+}
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_trainer_loss_and_gradients_equal_unshared(tmp_path, setup):
+    def loss_and_grads(share):
+        trainer = make(tmp_path / str(share), share_prompts=share, **SETUPS[setup])
+        b = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        trainer.model.train()
+        loss = trainer.compute_loss(trainer.model, dict(b))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        return trainer, b, loss.detach(), grads
+
+    plain_trainer, plain_batch, plain_loss, plain_grads = loss_and_grads(False)
+    trainer, b, loss, grads = loss_and_grads(True)
+    before, after = trainer.shared_prompt_tokens()
+    assert 0 < after < before, "the pairs were not packed"
+    assert plain_trainer.shared_prompt_tokens() == (0, 0)
+    if "ref_chosen_logps" in b:  # the precomputed reference was packed too, with the same values
+        torch.testing.assert_close(b["ref_chosen_logps"], plain_batch["ref_chosen_logps"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b["ref_rejected_logps"], plain_batch["ref_rejected_logps"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == plain_grads.keys() and grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_training_with_shared_prompts_logs_the_same_metrics(tmp_path):
+    # SGD: Adam's normalisation would turn float-rounding differences in near-zero gradients into full-size steps
+    plain = make(tmp_path / "plain", share_prompts=False, peft=True, optim="sgd", learning_rate=0.5)
+    shared = make(tmp_path / "shared", peft=True, optim="sgd", learning_rate=0.5)
+    plain.train()
+    shared.train()
+    assert plain.state.log_history[1]["loss"] != plain.state.log_history[0]["loss"]  # it learned something
+    for a, b in zip(plain.state.log_history, shared.state.log_history):
+        for key in ("loss", "rewards/chosen", "rewards/margins", "logps/rejected"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
+
+
+def test_batches_not_in_pair_layout_run_unchanged():
+    model = tiny_model(tiny_tokenizer())
+    wrapper = install(model)
+    b = batch()
+    left_padded = b["attention_mask"].flip(1)
+    with shared_prompts(wrapper):
+        model(input_ids=b["input_ids"], attention_mask=left_padded)                       # left padding
+        model(input_ids=b["input_ids"][:5], attention_mask=b["attention_mask"][:5])       # odd rows
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True)
+    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])                   # not active
+    assert wrapper.packed_batches == 0
+    generated = model.generate(b["input_ids"][:1, :4], max_new_tokens=3, do_sample=False)
+    assert generated.shape == (1, 7)
+
+
+def test_models_it_cannot_pack_exactly_are_left_alone():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model = tiny_model(tiny_tokenizer())
+    assert unsupported_reason(model) is None
+    model.config._attn_implementation = "flash_attention_2"
+    assert "4D mask" in unsupported_reason(model) and install(model) is None
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                sliding_window=8))
+    assert "sliding" in unsupported_reason(windowed)
+
+
+def test_share_prompts_false_installs_nothing(tmp_path):
+    trainer = make(tmp_path, peft=True, share_prompts=False, dataset=pairs(4))
+    backbone = trainer.model.get_base_model().model
+    assert not hasattr(backbone, "_dpo_recipes_shared_prompt")
