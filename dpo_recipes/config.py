@@ -73,6 +73,19 @@ class RecipeArguments(ScriptArguments):
         metadata={"help": "Also write the base model with the LoRA adapter merged in, to OUTPUT_DIR/merged."},
     )
 
+    # --- speed --------------------------------------------------------------------------------------------------
+    share_prompts: bool = field(
+        default=True,
+        metadata={"help": "Run each pair's prompt through the model once instead of once per answer (the same "
+                  "log-probs to float rounding; see dpo_recipes.shared_prompt). false: TRL's two rows per pair."},
+    )
+    reference_cache: str | None = field(
+        default="auto",
+        metadata={"help": "Folder keeping the reference's log-probs per pair, so later epochs and later runs on the "
+                  "same pairs and model skip the reference forward. auto: $DPO_RECIPES_REFERENCE_CACHE, else "
+                  "reference-logps in the cache folder (~/.cache/dpo-recipes); none: off."},
+    )
+
     # --- loss hooks TRL lacks -----------------------------------------------------------------------------------
     loss_hook: str | None = field(
         default=None,
@@ -112,6 +125,12 @@ class RecipeArguments(ScriptArguments):
         # The CLI can only pass strings: 'none', 'None', 'null' and '' unset a hook a preset or YAML set.
         if isinstance(self.loss_hook, str) and self.loss_hook.strip().lower() in ("", "none", "null"):
             self.loss_hook = None
+        if isinstance(self.reference_cache, str) and self.reference_cache.strip().lower() in ("", "none", "null"):
+            self.reference_cache = None
+        elif self.reference_cache == "auto":
+            from dpo_recipes.reference_cache import default_dir
+
+            self.reference_cache = str(default_dir())
         if self.loss_hook not in (None, "odpo", "rdpo"):
             raise DPORecipesError(f"--loss_hook {self.loss_hook!r}: use odpo, rdpo, or none (TRL's loss as is).")
 

@@ -486,8 +486,24 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         "train_pairs_per_second": round(pairs_trained / train_seconds, 3) if train_seconds else None,
         "train_loss": metrics.get("train_loss"),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",  # of the training forward/backward
+        **speed_levers(trainer),
         "versions": package_versions(),
     }
+
+
+def speed_levers(trainer) -> dict:
+    """What the DPO trainer's speed levers did in this run: tokens the model ran against TRL's two-row layout, and
+    the reference cache's pairs found and computed."""
+    levers = {}
+    if hasattr(trainer, "shared_prompt_tokens"):
+        two_rows, run = trainer.shared_prompt_tokens()
+        levers["shared_prompt_tokens"] = {"two_row_layout": two_rows, "run": run,
+                                          "share": round(run / two_rows, 3) if two_rows else None}
+    cache = getattr(trainer, "reference_cache", None)
+    if cache is not None:
+        levers["reference_cache"] = {"pairs_found": cache.hits, "pairs_computed": cache.misses,
+                                     "folder": str(cache.directory)}
+    return levers
 
 
 def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None) -> None:

@@ -54,7 +54,8 @@ def main(recipe_args, training_args, model_args):
     trainer = RecipeDPOTrainer(
         model=model, args=training_args, train_dataset=data.dataset, processing_class=tokenizer,
         peft_config=get_peft_config(model_args), loss_hook=recipe_args.loss_hook,
-        odpo_alpha=recipe_args.odpo_alpha, odpo_ratio=recipe_args.odpo_ratio, rdpo_alpha=recipe_args.rdpo_alpha)
+        odpo_alpha=recipe_args.odpo_alpha, odpo_ratio=recipe_args.odpo_ratio, rdpo_alpha=recipe_args.rdpo_alpha,
+        share_prompts=recipe_args.share_prompts, reference_cache=recipe_args.reference_cache)
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
 

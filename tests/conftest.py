@@ -10,6 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def reference_cache_in_a_temporary_folder(tmp_path_factory):
+    """Runs in tests (and the recipes they start as subprocesses) keep reference log-probs in a folder of their own,
+    not in the user's cache, where one test session's pairs would turn the next session's misses into hits."""
+    import os
+
+    os.environ["DPO_RECIPES_REFERENCE_CACHE"] = str(tmp_path_factory.mktemp("reference-logps"))
+
+
 def load_recipe(name: str):
     """Import recipes/NAME.py as a module (recipes are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")

@@ -1,0 +1,139 @@
+"""The reference model's log-probs, computed once per pair and kept on disk for later epochs and later runs.
+
+DPO's reference is frozen, so its summed log-probs for a pair never change for a given model, precision and token
+sequence. TRL can precompute them for the whole dataset before training (`precompute_ref_log_probs`), but that
+forward runs over every pair even when `max_steps` trains on a few, and its cache keys on the dataset's fingerprint,
+which is random for data built in memory, so a second run computes it all again.
+
+This cache fills as training goes instead: a batch whose pairs are all known skips the reference forward; otherwise
+TRL's own `compute_ref_log_probs` runs on the batch and its values are kept. So the first epoch of the first run costs
+what TRL's per-step reference costs, and every later epoch, and every later run on the same pairs with the same model
+(a beta or learning-rate sweep, a resumed run, a second seed), skips the reference forward.
+
+A pair's key is the sha256 of the token ids and completion positions of its two rows as the trainer sees them, after
+the chat template and `max_length` truncation, so a change of data, template or `max_length` misses the cache by
+construction. The file's key (`reference_key`) covers the reference weights (the base without the LoRA adapter
+when the adapter is disabled for the reference), the precision, TRL's `ld_alpha` and the TRL version.
+Files are written whole and atomically (`<dir>/<key>/<random>.safetensors`), one per writer, so runs sharing a
+cache never corrupt it: the worst a race costs is a recomputation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import torch
+
+CACHE_ENV = "DPO_RECIPES_REFERENCE_CACHE"
+
+
+def default_dir() -> Path:
+    """`$DPO_RECIPES_REFERENCE_CACHE`, else `reference-logps` in the project's cache folder (`models.default_cache_dir`:
+    `$DPO_RECIPES_CACHE`, `$XDG_CACHE_HOME/dpo-recipes` or `~/.cache/dpo-recipes`)."""
+    from dpo_recipes.models import default_cache_dir
+
+    return Path(os.environ[CACHE_ENV]).expanduser() if os.environ.get(CACHE_ENV) else \
+        default_cache_dir() / "reference-logps"
+MAX_SHARDS = 16  # more files than this are merged into one when the cache is saved
+
+
+def reference_key(model, *, adapter_disabled: bool, precision: str, ld_alpha: float | None) -> str:
+    """Hex key for the reference's log-probs: its weights (adapter tensors left out when the reference is the base
+    with the adapter disabled), the precision it runs in, LD-DPO's alpha (which weights the tail of the log-probs),
+    and the TRL version (which computes them)."""
+    import trl
+
+    h = hashlib.sha256()
+    h.update(f"{precision}|{ld_alpha}|trl {trl.__version__}".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if adapter_disabled and ("lora_" in name or "modules_to_save" in name):
+            continue
+        # PEFT renames the layers it wraps: the same base weights get the same key whatever the LoRA targets.
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        tensor = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def pair_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> list[bytes]:
+    """One key per pair of TRL's `[chosen; rejected]` batch: the real tokens of both rows and where each completion
+    starts and ends."""
+    pairs = input_ids.size(0) // 2
+    ids, mask, completion = input_ids.cpu(), attention_mask.cpu().bool(), completion_mask.cpu().bool()
+    keys = []
+    for i in range(pairs):
+        h = hashlib.sha256()
+        for row in (i, i + pairs):
+            h.update(ids[row][mask[row]].to(torch.int64).numpy().tobytes())
+            h.update(b"|")
+            h.update(completion[row][mask[row]].numpy().tobytes())
+            h.update(b"||")
+        keys.append(h.digest())
+    return keys
+
+
+class ReferenceCache:
+    """Pair key -> (reference chosen log-prob, reference rejected log-prob), loaded from and saved to `directory`."""
+
+    def __init__(self, directory: str | Path, key: str):
+        self.directory = Path(directory).expanduser() / key
+        self.values: dict[bytes, tuple[float, float]] = {}
+        self.new: dict[bytes, tuple[float, float]] = {}
+        self.hits = 0
+        self.misses = 0
+        self._load()
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.directory.glob("*.safetensors")) if self.directory.is_dir() else []
+
+    def _load(self) -> None:
+        from safetensors.torch import load_file
+
+        for shard in self._shards():
+            try:
+                tensors = load_file(shard)
+            except Exception:  # a shard another writer is replacing, or a damaged file: recompute those pairs
+                continue
+            keys, logps = tensors["keys"], tensors["logps"]
+            for key, (chosen, rejected) in zip(keys, logps.tolist()):
+                self.values[bytes(key.tolist())] = (chosen, rejected)
+
+    def lookup(self, keys: list[bytes]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The cached (chosen, rejected) log-probs for every pair of a batch (float64), or None if any is missing."""
+        found = [self.values.get(k) for k in keys]
+        if any(v is None for v in found):
+            self.misses += len(keys)
+            return None
+        self.hits += len(keys)
+        values = torch.tensor(found, dtype=torch.float64)
+        return values[:, 0], values[:, 1]
+
+    def store(self, keys: list[bytes], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        for key, c, r in zip(keys, chosen.detach().double().cpu().tolist(), rejected.detach().double().cpu().tolist()):
+            self.values[key] = self.new[key] = (c, r)
+
+    def save(self) -> Path | None:
+        """Write the pairs computed since the last save as a new shard (merging the shards when there are many)."""
+        from safetensors.torch import save_file
+
+        if not self.new:
+            return None
+        shards = self._shards()
+        merge = len(shards) + 1 > MAX_SHARDS
+        entries = self.values if merge else self.new
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{uuid.uuid4().hex}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        keys = torch.tensor([list(k) for k in entries], dtype=torch.uint8)
+        logps = torch.tensor(list(entries.values()), dtype=torch.float64)
+        save_file({"keys": keys, "logps": logps}, str(tmp))
+        os.replace(tmp, path)
+        if merge:
+            for shard in shards:
+                shard.unlink(missing_ok=True)
+        self.new = {}
+        return path
