@@ -12,9 +12,10 @@ Variants, each in its own process (so that peak RSS is that variant's alone), on
 
 For each: pairs/s and tokens/s over the training loop (the reference's log-probs included: the time from the trainer's
 construction, where a precomputation would run, to the end of `train()`), the loop without the first `--warmup` steps,
-peak RSS, achieved GFLOP/s (6 x parameters x tokens: policy forward and backward, reference forward; padding and
-gradient checkpointing's recomputation are not counted as work) and its
-share of a matmul peak measured here in the same precision, and the first 3 losses. The last line is
+peak RSS, achieved GFLOP/s and its share of a matmul peak measured here in the same precision, and the first 3 losses.
+GFLOP/s counts what the CPU executed (torch's FlopCounterMode over one extra step, scaled to all steps by the token
+positions run: padding and recomputation count, prompts run once count once), so it measures how well the hardware
+is used, while pairs/s measures speed. The last line is
 `speedup_pairs_per_s=X rss_ratio=Y` for `like` against `baseline`. Without --data, synthetic pairs of real length
 (prompts of a few hundred tokens) are written and used.
 """
@@ -37,6 +38,7 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+TRAINER_LEVERS = ("share_prompts", "reference_cache")  # RecipeDPOTrainer arguments --set may also give
 WORDS = ("the model answer question because which however data training preference pair reward policy value should "
          "would could about between through during before after language response user assistant example explain "
          "reason result first second third finally important consider therefore").split()
@@ -70,6 +72,45 @@ def matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 8) -> float:
         a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
+
+
+class CountingCollator:
+    """Counts the token positions (padding included) of the batches TRL's collator builds: two rows per pair."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.positions = 0
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        self.positions += batch["input_ids"].numel()
+        return batch
+
+
+def executed_gflop(trainer) -> float:
+    """GFLOP the training steps ran: one step on the first batch counted by torch's FlopCounterMode (matmuls and
+    attention, forward, backward and recomputation, reference forward included), scaled by the positions the model
+    ran in all steps against that step's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    collator = trainer.data_collator
+    shared = getattr(trainer, "shared_prompt_tokens", lambda: (0, 0))
+
+    def run_share():  # positions the model ran per position of TRL's layout
+        before, after = shared()
+        return after / before if before else 1.0
+
+    share_all = run_share()
+    before_all, after_all = shared()
+    train_positions = collator.positions
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    step_positions = collator.positions - train_positions
+    with FlopCounterMode(display=False) as counter:
+        trainer.training_step(trainer.model, batch)
+    before, after = shared()
+    step_share = (after - after_all) / (before - before_all) if before > before_all else 1.0
+    trainer.model.zero_grad()
+    return counter.get_total_flops() / (step_positions * step_share) * train_positions * share_all / 1e9
 
 
 class _Clock(TrainerCallback):
@@ -116,10 +157,13 @@ def run_variant(variant: str, args) -> dict:
         from dpo_recipes.presets import performance_defaults
         from dpo_recipes.trainer import RecipeDPOTrainer
 
-        config = DPOConfig(**{**common, **performance_defaults(), **json.loads(args.set or "{}")})
+        values = json.loads(args.set or "{}")
+        trainer_kwargs = {k: values.pop(k) for k in TRAINER_LEVERS if k in values}
+        config = DPOConfig(**{**common, **performance_defaults(), **values})
         trainer = RecipeDPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                   peft_config=lora)
+                                   peft_config=lora, **trainer_kwargs)
     trainer.add_callback(clock)
+    trainer.data_collator = CountingCollator(trainer.data_collator)
     trainer.train()
     total = time.perf_counter() - start
     return figures(variant, trainer, clock, total, args)
@@ -138,6 +182,7 @@ def run_preset(args, clock) -> dict:
     def timed_train(self, *a, **k):
         captured["trainer"] = self
         self.add_callback(clock)
+        self.data_collator = CountingCollator(self.data_collator)
         return original(self, *a, **k)
 
     trainer_module.RecipeDPOTrainer.train = timed_train
@@ -149,7 +194,8 @@ def run_preset(args, clock) -> dict:
             str(args.batch), "--gradient_accumulation_steps", "1", "--max_steps", str(args.steps), "--output_dir", out,
             "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--disable_tqdm", "true",
             "--max_similarity", "none", "--min_chosen_chars", "1", "--min_rejected_chars", "1",
-            "--max_train_samples", str(args.steps * args.batch), "--validation", "off"]
+            "--max_train_samples", str(args.steps * args.batch), "--validation", "off",
+            "--reference_cache", tempfile.mkdtemp(prefix="throughput-reference-")]  # cold: counts filling it
     if args.model:
         argv += ["--model_name_or_path", args.model]
     recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, argv))
@@ -168,12 +214,12 @@ def figures(variant: str, trainer, clock: _Clock, total: float, args) -> dict:
     warm = clock.step_ends[args.warmup - 1] if args.warmup and len(clock.step_ends) > args.warmup else None
     steady = (clock.step_ends[-1] - warm) if warm else None
     steady_pairs = (len(clock.step_ends) - args.warmup) * args.batch
-    params = sum(p.numel() for p in trainer.model.parameters())
+    gflop = executed_gflop(trainer)
     precision = "bfloat16" if trainer.args.bf16 else "float32"
     return {"variant": variant, "pairs_per_s": pairs / total, "steady_pairs_per_s": steady_pairs / steady if steady
             else None, "tokens_per_s": tokens / total, "seconds": total,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
-            "gflops": 6 * params * tokens / total / 1e9, "precision": precision,
+            "gflops": gflop / total, "precision": precision,
             "threads": torch.get_num_threads(), "losses": losses}
 
 
@@ -187,7 +233,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="steps left out of the steady-state rate")
     parser.add_argument("--variants", default="baseline,like,preset")
     parser.add_argument("--set", default=None, metavar="JSON",
-                        help='DPOConfig values on top of the like variant\'s, to study a lever: \'{"bf16": false}\'')
+                        help='DPOConfig values (or share_prompts, reference_cache) on top of the like variant\'s, to '
+                        'study a lever: \'{"bf16": false}\'')
     parser.add_argument("--_run", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._run:
