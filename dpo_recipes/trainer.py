@@ -80,11 +80,15 @@ def score_completion_tokens_only() -> None:
     trl_utils._use_triton = compact
 
 
-def pair_lengths(dataset, max_length: int | None = None) -> list[int]:
-    """Tokens a tokenized pair pads to: its prompt plus its longer answer (capped at max_length)."""
-    lengths = [len(p) + max(len(c), len(r))
-               for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
-    return [min(n, max_length) for n in lengths] if max_length else lengths
+def pair_lengths(dataset, max_length: int | None = None, shared_prompt: bool = False) -> list[int]:
+    """Tokens a tokenized pair pads to: its prompt plus its longer answer (each row capped at max_length), or with
+    shared prompts its one packed row: the prompt once plus both answers."""
+    cap = max_length or float("inf")
+    lengths = []
+    for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+        chosen, rejected = min(len(p) + len(c), cap), min(len(p) + len(r), cap)
+        lengths.append(int(chosen + rejected - min(len(p), cap) if shared_prompt else max(chosen, rejected)))
+    return lengths
 
 
 class RecipeDPOTrainer(DPOTrainer):
@@ -158,8 +162,9 @@ class RecipeDPOTrainer(DPOTrainer):
             return super()._get_train_sampler(train_dataset)
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
+        shared = any(w is not None for w in getattr(self, "_shared_prompt_wrappers", []))
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=pair_lengths(dataset, self.args.max_length))
+                                    lengths=pair_lengths(dataset, self.args.max_length, shared_prompt=shared))
 
     # --- carrying the scores through TRL's data path ---------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

@@ -71,3 +71,12 @@ def test_default_config_parses_with_safe_defaults():
     assert model_args.model_name_or_path is None  # the embedded default
     assert recipe_args.identity_name == "Athene"
     assert training_args.loss_type == PRESETS[DEFAULT_PRESET]["loss_type"]
+
+
+def test_length_grouping_is_for_the_dpo_trainer_only():
+    from dpo_recipes.presets import preset_defaults
+
+    assert preset_defaults("lora-cpu")["train_sampling_strategy"] == "group_by_length"
+    for variant in ("orpo", "simpo", "kto"):  # their trainers' columns give transformers no lengths to group by
+        assert "train_sampling_strategy" not in preset_defaults("lora-cpu", variant=variant)
+    assert "train_sampling_strategy" not in preset_defaults("identity-lora-cpu")  # its batch order is measured

@@ -148,3 +148,18 @@ def test_share_prompts_false_installs_nothing(tmp_path):
     trainer = make(tmp_path, peft=True, share_prompts=False, dataset=pairs(4))
     backbone = trainer.model.get_base_model().model
     assert not hasattr(backbone, "_dpo_recipes_shared_prompt")
+
+
+def test_pair_lengths_with_shared_prompts_are_the_packed_row():
+    from datasets import Dataset
+
+    from dpo_recipes.trainer import pair_lengths
+
+    data = Dataset.from_list([{"prompt_ids": [1] * 10, "chosen_ids": [2] * 4, "rejected_ids": [3] * 7}])
+    assert pair_lengths(data) == [17]                      # two rows, padded to the longer: 10 + 7
+    assert pair_lengths(data, shared_prompt=True) == [21]  # one row: 10 + 4 + 7
+    assert pair_lengths(data, max_length=12, shared_prompt=True) == [14]  # rows cut at 12: 10 + 2 + 2
+    packed = pack_pairs(**{k: v for k, v in batch([{"prompt_ids": [1] * 10, "chosen_ids": [2] * 4,
+                                                      "rejected_ids": [3] * 7}], max_length=12).items()
+                           if k != "completion_mask"})
+    assert packed.input_ids.shape[1] == 14
