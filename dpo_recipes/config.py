@@ -196,7 +196,10 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     """
     from trl import DPOConfig, ModelConfig, TrlParser
 
+    from dpo_recipes.distributed import check_launch_environment
     from dpo_recipes.presets import default_preset, preset_defaults
+
+    check_launch_environment()
 
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = _cli_value(argv, "--config")

@@ -153,9 +153,16 @@ def hardware_defaults() -> dict:
     where it multiplies bf16 in hardware (AVX512-BF16, AMX), else fp32."""
     import torch
 
+    from dpo_recipes.distributed import launch_precision
+
+    fixed = launch_precision()  # a DeepSpeed launch config fixes precision; DeepSpeed refuses a mismatch
     if torch.cuda.is_available():
+        if fixed is not None:
+            return {"bf16": fixed == "bf16", "fp16": fixed == "fp16"}
         bf16 = torch.cuda.is_bf16_supported()
         return {"bf16": bf16, "fp16": not bf16}
+    if fixed is not None:
+        return {"bf16": fixed == "bf16", "fp16": fixed == "fp16", "use_cpu": True}
     # bf16 autocast (weights and optimizer stay fp32) where the CPU multiplies bf16 in hardware: 1.64x the pairs/s of
     # fp32 on an AVX512-BF16 CPU in benchmarks/throughput.py. use_cpu: transformers refuses --bf16 without a GPU
     # unless it is set (on a machine without a GPU it changes nothing else).

@@ -411,7 +411,10 @@ def train(trainer, plan: RunPlan) -> dict:
     A checkpoint that already reached the last step (the run stopped after training, before its outputs) is loaded
     instead of trained on: Trainer would otherwise run one step past max_steps.
     """
+    from dpo_recipes.distributed import check_in_effect
+
     set_stage("training", trainer=trainer)
+    check_in_effect(trainer)
     trainer.add_callback(CheckpointModes())
     if plan.checkpoint_complete:
         from transformers import TrainerState
@@ -487,8 +490,30 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         "train_loss": metrics.get("train_loss"),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",  # of the training forward/backward
         **speed_levers(trainer),
+        "distributed": distributed_setup(trainer),
         "versions": package_versions(),
     }
+
+
+def distributed_setup(trainer) -> dict:
+    """The distributed setup in effect, read from accelerate's state and the engine that trained (not from the
+    launch YAML): DeepSpeed's ZeRO stage and offload come from the DeepSpeed engine itself."""
+    state = trainer.accelerator.state
+    args = trainer.args
+    setup = {
+        "distributed_type": getattr(state.distributed_type, "value", str(state.distributed_type)),
+        "world_size": state.num_processes,
+        "mixed_precision": str(state.mixed_precision),
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * state.num_processes,
+    }
+    engine = getattr(trainer, "model_wrapped", None)
+    if hasattr(engine, "zero_optimization_stage"):  # a DeepSpeed engine
+        setup["zero_stage"] = engine.zero_optimization_stage()
+        for part, config in (("offload_optimizer", engine.zero_offload_optimizer()),
+                             ("offload_param", engine.zero_offload_param())):
+            device = getattr(config, "device", None)
+            setup[part] = getattr(device, "value", device) or "none"
+    return setup
 
 
 def speed_levers(trainer) -> dict:
