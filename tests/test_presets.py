@@ -80,3 +80,26 @@ def test_length_grouping_is_for_the_dpo_trainer_only():
     for variant in ("orpo", "simpo", "kto"):  # their trainers' columns give transformers no lengths to group by
         assert "train_sampling_strategy" not in preset_defaults("lora-cpu", variant=variant)
     assert "train_sampling_strategy" not in preset_defaults("identity-lora-cpu")  # its batch order is measured
+
+
+@pytest.mark.parametrize("launch, bf16", [("bf16", True), ("no", False)])
+def test_a_deepspeed_launch_fixes_the_precision(monkeypatch, launch, bf16):
+    from dpo_recipes.presets import hardware_defaults
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch)
+    assert hardware_defaults()["bf16"] is bf16 and hardware_defaults()["fp16"] is False
+
+
+def test_fsdp_on_a_cpu_and_cpu_flag_with_deepspeed_are_refused(monkeypatch):
+    from dpo_recipes.distributed import check_launch_environment
+    from dpo_recipes.errors import DPORecipesError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(DPORecipesError, match="FSDP through accelerate is GPU-only"):
+        check_launch_environment()
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    with pytest.raises(DPORecipesError, match="drop DeepSpeed"):
+        check_launch_environment()
