@@ -21,6 +21,7 @@ cache never corrupt it: the worst a race costs is a recomputation.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import uuid
 from pathlib import Path
@@ -44,10 +45,15 @@ def reference_key(model, *, adapter_disabled: bool, precision: str, ld_alpha: fl
     """Hex key for the reference's log-probs: its weights (adapter tensors left out when the reference is the base
     with the adapter disabled), the precision it runs in, LD-DPO's alpha (which weights the tail of the log-probs),
     and the TRL version (which computes them)."""
+    import transformers
     import trl
 
     h = hashlib.sha256()
-    h.update(f"{precision}|{ld_alpha}|trl {trl.__version__}".encode())
+    h.update(f"{precision}|{ld_alpha}|trl {trl.__version__}|transformers {transformers.__version__}".encode())
+    config = getattr(model, "config", None)
+    if config is not None:  # RoPE scaling, softcapping, logit scale, attention implementation: not in the weights
+        h.update(config.to_json_string(use_diff=False).encode())
+        h.update(str(getattr(config, "_attn_implementation", None)).encode())
     for name, tensor in sorted(model.state_dict().items()):
         if adapter_disabled and ("lora_" in name or "modules_to_save" in name):
             continue
@@ -113,8 +119,10 @@ class ReferenceCache:
         return values[:, 0], values[:, 1]
 
     def store(self, keys: list[bytes], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        """Keep finite values only: a NaN reference is a fault of that run, never a value for the next one."""
         for key, c, r in zip(keys, chosen.detach().double().cpu().tolist(), rejected.detach().double().cpu().tolist()):
-            self.values[key] = self.new[key] = (c, r)
+            if math.isfinite(c) and math.isfinite(r):
+                self.values[key] = self.new[key] = (c, r)
 
     def save(self) -> Path | None:
         """Write the pairs computed since the last save as a new shard (merging the shards when there are many)."""

@@ -11,6 +11,7 @@ and position ids restart the rejected tail where the shared part ends, so every 
 positions it sees in its own row. The hidden states are then gathered back into TRL's `[chosen; rejected]` layout,
 so the LM head, the log-probs, the loss and all metrics are TRL's own code on the same values (equal to float
 rounding: tested against the unshared forward, and the gradients too, which sum over both uses of a shared token).
+With dropout on (TRL disables it by default), both answers see one dropout mask over the prompt instead of two.
 
 It applies where that is exact: decoder-only models whose attention is full causal attention over position ids
 (Llama, Mistral without a sliding window, Qwen2/3, Gemma, Phi-3, OLMo, Granite, SmolLM3, ...) with the `sdpa` or
@@ -49,6 +50,10 @@ def unsupported_reason(model) -> str | None:
         return "the model uses sliding-window attention"
     if len(set(getattr(config, "layer_types", None) or ["full_attention"])) > 1:
         return "the model mixes attention layer types"
+    rope_type = (getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {})
+    rope_type = rope_type.get("rope_type", rope_type.get("type")) if isinstance(rope_type, dict) else None
+    if rope_type in ("dynamic", "longrope"):
+        return f"{rope_type} RoPE scales its frequencies by the longest row, which packing changes"
     attention = getattr(config, "_attn_implementation", None)
     if attention not in SUPPORTED_ATTENTION:
         return f"attention implementation {attention!r} takes no 4D mask (use sdpa or eager)"
@@ -136,34 +141,37 @@ def _attention_mask_for(model, visible: torch.Tensor, dtype: torch.dtype) -> tor
 
 
 class SharedPromptForward:
-    """Wraps a causal LM's backbone forward; packs pairs only while `active`."""
+    """Wraps a causal LM's backbone forward; packs pairs only while `active`.
+
+    The wrapper is found through the backbone itself (`_dpo_recipes_shared_prompt`) and calls the backbone class's
+    own forward, so a deep copy of the model (a reference made with `copy.deepcopy`) runs its own weights."""
 
     def __init__(self, model):
         self.model = model
-        self.backbone = _backbone(model)
-        self.original = self.backbone.forward
         self.active = False
         self.packed_batches = 0
         self.tokens_before = 0
         self.tokens_after = 0
-        wrapper = self
+        backbone = _backbone(model)
 
         def forward(backbone_self, *args, **kwargs):
+            wrapper = backbone_self._dpo_recipes_shared_prompt
+            original = type(backbone_self).forward.__get__(backbone_self)
             packed = None if args else wrapper._pack(kwargs)
             if packed is None:
-                return wrapper.original(*args, **kwargs)
+                return original(*args, **kwargs)
             kwargs.pop("attention_mask", None)
             kwargs.pop("position_ids", None)
             dtype = wrapper.model.get_input_embeddings().weight.dtype
             kwargs["input_ids"] = packed.input_ids
-            outputs = wrapper.original(position_ids=packed.position_ids,
-                                       attention_mask=_attention_mask_for(wrapper.model, packed.attention_mask, dtype),
-                                       **kwargs)
+            outputs = original(position_ids=packed.position_ids,
+                               attention_mask=_attention_mask_for(wrapper.model, packed.attention_mask, dtype),
+                               **kwargs)
             outputs.last_hidden_state = unpack_hidden(outputs.last_hidden_state, packed)
             return outputs
 
-        self.backbone.forward = types.MethodType(forward, self.backbone)
-        self.backbone._dpo_recipes_shared_prompt = self
+        backbone.forward = types.MethodType(forward, backbone)
+        backbone._dpo_recipes_shared_prompt = self
 
     def _pack(self, kwargs) -> PackedPairs | None:
         input_ids, attention_mask = kwargs.get("input_ids"), kwargs.get("attention_mask")

@@ -202,18 +202,35 @@ class RecipeDPOTrainer(DPOTrainer):
             finally:
                 self.precompute_ref_logps = False
 
+    # --- a loss that is not a number stops the run before its update ------------------------------------------------
+    def training_step(self, *args, **kwargs):
+        """TRL's step, then a check on every process's loss (gathered, so all ranks stop together): a NaN or inf loss
+        stops the run before the optimizer applies its gradients, so no checkpoint ever holds that update."""
+        loss = super().training_step(*args, **kwargs)
+        losses = self.accelerator.gather(loss.detach().float().reshape(1))
+        if not bool(torch.isfinite(losses).all()):
+            bad = next(float(x) for x in losses.tolist() if not math.isfinite(x))
+            raise DPORecipesError(
+                f"The training loss is {bad} at step {self.state.global_step + 1}; stopped before that step's update, "
+                f"so the last checkpoint (step {self.state.global_step} or earlier) is clean. Causes, most likely first: "
+                "fp16 overflow (use bf16 or fp32), a learning rate too high, or broken rows (dpo-recipes validate).")
+        return loss
+
     # --- the reference's log-probs, cached per pair -----------------------------------------------------------------
     def _open_reference_cache(self, directory: str):
         """The cache for this reference, or None where its weights cannot be read whole here (ZeRO-3, FSDP), where
         TRL precomputes the reference anyway, or for images."""
         from dpo_recipes.reference_cache import ReferenceCache, reference_key
 
-        if self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled:
+        if (self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled
+                or getattr(self.args, "sync_ref_model", False)):  # a reference that changes has no stable key
             return None
         reference = self.accelerator.unwrap_model(self.ref_model or self.model)
         if any(p.numel() == 0 for p in reference.parameters()):  # ZeRO-3 partitioned: no honest key
             return None
         adapter_disabled = self.ref_model is None and is_peft_model(reference) and "ref" not in reference.peft_config
+        if adapter_disabled and any(p.requires_grad for n, p in reference.named_parameters() if "lora_" not in n):
+            return None  # base parameters train next to the adapter (bias, modules_to_save): the reference drifts
         precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else str(next(reference.parameters()).dtype)
         key = reference_key(reference, adapter_disabled=adapter_disabled, precision=precision, ld_alpha=self.ld_alpha)
         return ReferenceCache(directory, key)
@@ -224,6 +241,10 @@ class RecipeDPOTrainer(DPOTrainer):
 
         keys = pair_keys(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         cached = self.reference_cache.lookup(keys)
+        if self.accelerator.num_processes > 1:  # all processes run the reference forward, or none (DDP collectives)
+            found = torch.tensor([cached is not None], device=inputs["input_ids"].device)
+            if not bool(self.accelerator.gather(found).all()):
+                cached = None
         if cached is None:
             chosen, rejected = self.compute_ref_log_probs(self.ref_model or model, inputs)
             self.reference_cache.store(keys, chosen, rejected)

@@ -125,3 +125,19 @@ def test_no_cache_where_trl_precomputes_anyway(tmp_path):
     trainer = make(tmp_path, peft=True, precompute_ref_log_probs=True, reference_cache=str(tmp_path / "c"),
                    dataset=pairs(4))
     assert trainer.reference_cache is None
+
+
+def test_non_finite_reference_values_are_not_kept(tmp_path):
+    cache = ReferenceCache(tmp_path, "k")
+    cache.store([b"a" * 32, b"b" * 32], torch.tensor([float("nan"), -1.0]), torch.tensor([-2.0, -3.0]))
+    assert list(cache.values) == [b"b" * 32]
+
+
+def test_no_cache_for_a_reference_that_changes_or_a_config_that_differs(tmp_path):
+    trainer = make(tmp_path / "sync", sync_ref_model=True, reference_cache=str(tmp_path / "c"), dataset=pairs(4))
+    assert trainer.reference_cache is None
+    tok = tiny_tokenizer()
+    model = tiny_model(tok)
+    key = reference_key(model, adapter_disabled=False, precision="float32", ld_alpha=None)
+    model.config.rope_parameters = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
+    assert reference_key(model, adapter_disabled=False, precision="float32", ld_alpha=None) != key

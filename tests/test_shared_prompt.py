@@ -163,3 +163,27 @@ def test_pair_lengths_with_shared_prompts_are_the_packed_row():
                                                       "rejected_ids": [3] * 7}], max_length=12).items()
                            if k != "completion_mask"})
     assert packed.input_ids.shape[1] == 14
+
+
+def test_a_deep_copy_runs_its_own_weights():
+    import copy
+
+    model = tiny_model(tiny_tokenizer())
+    wrapper = install(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    b = batch()
+    for active in (False, True):
+        with shared_prompts(wrapper if active else None), shared_prompts(
+                twin.model._dpo_recipes_shared_prompt if active else None):
+            ours = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            theirs = twin(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        assert not torch.allclose(ours, theirs)
+
+
+def test_dynamic_rope_is_left_alone():
+    model = tiny_model(tiny_tokenizer())
+    model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    assert "RoPE" in unsupported_reason(model)

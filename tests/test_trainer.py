@@ -268,3 +268,26 @@ def test_scoring_only_completion_positions_gives_the_same_loss_and_gradients(tmp
     assert torch.allclose(loss_compact, loss_full, atol=1e-6)
     assert grads_compact.keys() == grads_full.keys() and grads_compact
     assert all(torch.allclose(grads_compact[k], grads_full[k], atol=1e-6) for k in grads_compact)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_leaves_no_poisoned_checkpoint(tmp_path, monkeypatch):
+    trainer = make(tmp_path, peft=True, max_steps=3, save_strategy="steps", save_steps=1, optim="sgd")
+    calls = {"n": 0}
+    original = RecipeDPOTrainer.compute_loss
+
+    def nan_at_second_step(self, *args, **kwargs):
+        calls["n"] += 1
+        loss = original(self, *args, **kwargs)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(RecipeDPOTrainer, "compute_loss", nan_at_second_step)
+    with pytest.raises(DPORecipesError, match="loss is nan at step 2"):
+        trainer.train()
+    out = tmp_path / "out"
+    assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()
+    from safetensors.torch import load_file
+
+    saved = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    live = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert all(torch.isfinite(p).all() for p in live.values())  # the NaN step's update was never applied
