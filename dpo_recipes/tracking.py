@@ -61,10 +61,30 @@ def save_log_history(log_history: list[dict], output_dir: str | Path) -> Path:
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest `checkpoint-N` folder in `output_dir` to resume from, as the handbook's scripts do."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder in `output_dir` to resume from.
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    Trainer writes `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states, so a folder
+    without a readable one was cut off by a kill while saving: it is skipped, with a warning, never loaded
+    (transformers' `get_last_checkpoint` would take it for being the newest)."""
+    import json
+    import logging
+    import re
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    numbered = [(int(m.group(1)), p) for p in output_dir.iterdir()
+                if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    for _, checkpoint in sorted(numbered, reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            logging.getLogger(__name__).warning(
+                "%s is incomplete (no readable trainer_state.json: the run was stopped while saving it); skipped, "
+                "resuming from the checkpoint before it", checkpoint)
+            continue
+        return str(checkpoint)
+    return None
 
 
 def checkpoint_step(checkpoint: str | None) -> int:
