@@ -110,3 +110,23 @@ def test_accelerate_use_cpu_with_deepspeed_is_refused(tiny_model_dir, pairs_file
     assert proc.returncode != 0
     assert "ACCELERATE_USE_CPU=true makes accelerate drop DeepSpeed" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_multi_node_rehearsed_as_two_machines_on_this_one(tiny_model_dir, pairs_file, tmp_path):
+    """accelerate_configs/multi_node.yaml as the README launches it on two nodes, both on 127.0.0.1: two
+    `accelerate launch` commands, --machine_rank 0 and 1. One DeepSpeed ZeRO-3 world of 2 processes must result."""
+    out = tmp_path / "out"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("ACCELERATE_USE_CPU", None)
+    procs = [subprocess.Popen([ACCELERATE, "launch", "--config_file", "accelerate_configs/multi_node.yaml",
+                               "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+                               "--main_process_ip", "127.0.0.1", "--main_process_port", "29517",
+                               "recipes/dpo_lora.py", "--model_name_or_path", tiny_model_dir, "--dataset_name",
+                               pairs_file, "--output_dir", str(out), "--per_device_train_batch_size", "2", *COMMON],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, stderr) in zip(procs, results):
+        assert p.returncode == 0, stderr[-3000:]
+    setup = json.loads((out / "summary.json").read_text())["distributed"]
+    assert (setup["distributed_type"], setup["zero_stage"], setup["world_size"]) == ("DEEPSPEED", 3, 2)
