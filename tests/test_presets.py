@@ -103,3 +103,15 @@ def test_fsdp_on_a_cpu_and_cpu_flag_with_deepspeed_are_refused(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     with pytest.raises(DPORecipesError, match="drop DeepSpeed"):
         check_launch_environment()
+
+
+def test_dpo_full_takes_the_full_preset_and_refuses_lora_or_no_data():
+    from conftest import load_recipe
+
+    recipe = load_recipe("dpo_full")
+    _, training_args, model_args = recipe.parse(["--dataset_name", "pairs.jsonl"])
+    assert model_args.use_peft is False and training_args.learning_rate == PRESETS["full-gpu"]["learning_rate"]
+    with pytest.raises(DPORecipesError, match="trains every weight"):
+        recipe.parse(["--dataset_name", "pairs.jsonl", "--use_peft", "true"])
+    with pytest.raises(DPORecipesError, match="needs --dataset_name"):
+        recipe.parse([])
