@@ -21,6 +21,7 @@ cache never corrupt it: the worst a race costs is a recomputation.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import uuid
@@ -94,7 +95,10 @@ class ReferenceCache:
         self._load()
 
     def _shards(self) -> list[Path]:
-        return sorted(self.directory.glob("*.safetensors")) if self.directory.is_dir() else []
+        try:
+            return sorted(self.directory.glob("*.safetensors")) if self.directory.is_dir() else []
+        except OSError:  # an unreadable folder: an empty cache
+            return []
 
     def _load(self) -> None:
         from safetensors.torch import load_file
@@ -125,11 +129,22 @@ class ReferenceCache:
                 self.values[key] = self.new[key] = (c, r)
 
     def save(self) -> Path | None:
-        """Write the pairs computed since the last save as a new shard (merging the shards when there are many)."""
-        from safetensors.torch import save_file
-
+        """Write the pairs computed since the last save as a new shard (merging the shards when there are many).
+        A cache that cannot be written (a read-only home, a full disk) costs a warning, never the run."""
         if not self.new:
             return None
+        try:
+            return self._save()
+        except OSError as exc:
+            logging.getLogger(__name__).warning("Reference cache %s not written (%s); training is unaffected, a "
+                                                "later run computes these reference values again.", self.directory,
+                                                exc.strerror or exc)
+            self.new = {}
+            return None
+
+    def _save(self) -> Path:
+        from safetensors.torch import save_file
+
         shards = self._shards()
         merge = len(shards) + 1 > MAX_SHARDS
         entries = self.values if merge else self.new

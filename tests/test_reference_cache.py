@@ -141,3 +141,12 @@ def test_no_cache_for_a_reference_that_changes_or_a_config_that_differs(tmp_path
     key = reference_key(model, adapter_disabled=False, precision="float32", ld_alpha=None)
     model.config.rope_parameters = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
     assert reference_key(model, adapter_disabled=False, precision="float32", ld_alpha=None) != key
+
+
+def test_an_unwritable_cache_costs_a_warning_not_the_run(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cache = ReferenceCache(blocker / "cache", "k")  # a folder under a file can never be created
+    cache.store([b"a" * 32], torch.tensor([-1.0]), torch.tensor([-2.0]))
+    assert cache.save() is None
+    assert "not written" in caplog.text
