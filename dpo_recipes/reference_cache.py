@@ -37,8 +37,11 @@ def default_dir() -> Path:
     `$DPO_RECIPES_CACHE`, `$XDG_CACHE_HOME/dpo-recipes` or `~/.cache/dpo-recipes`)."""
     from dpo_recipes.models import default_cache_dir
 
-    return Path(os.environ[CACHE_ENV]).expanduser() if os.environ.get(CACHE_ENV) else \
-        default_cache_dir() / "reference-logps"
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return default_cache_dir() / "reference-logps"
+
+
 MAX_SHARDS = 16  # more files than this are merged into one when the cache is saved
 
 
@@ -113,17 +116,23 @@ class ReferenceCache:
                 self.values[bytes(key.tolist())] = (chosen, rejected)
 
     def lookup(self, keys: list[bytes]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The cached (chosen, rejected) log-probs for every pair of a batch (float64), or None if any is missing."""
+        """The cached (chosen, rejected) log-probs for every pair of a batch (float64), or None if any is missing.
+        Counts nothing: the caller decides whether the batch is served from the cache (`served`) or computed
+        (`store`)."""
         found = [self.values.get(k) for k in keys]
         if any(v is None for v in found):
-            self.misses += len(keys)
             return None
-        self.hits += len(keys)
         values = torch.tensor(found, dtype=torch.float64)
         return values[:, 0], values[:, 1]
 
+    def served(self, keys: list[bytes]) -> None:
+        """Count a batch whose reference values came from the cache."""
+        self.hits += len(keys)
+
     def store(self, keys: list[bytes], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
-        """Keep finite values only: a NaN reference is a fault of that run, never a value for the next one."""
+        """Count a computed batch and keep its finite values: a NaN reference is a fault of that run, never a value
+        for the next one."""
+        self.misses += len(keys)
         for key, c, r in zip(keys, chosen.detach().double().cpu().tolist(), rejected.detach().double().cpu().tolist()):
             if math.isfinite(c) and math.isfinite(r):
                 self.values[key] = self.new[key] = (c, r)
@@ -145,16 +154,15 @@ class ReferenceCache:
     def _save(self) -> Path:
         from safetensors.torch import save_file
 
+        from dpo_recipes.jsonio import write_file_atomic
+
         shards = self._shards()
         merge = len(shards) + 1 > MAX_SHARDS
         entries = self.values if merge else self.new
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{uuid.uuid4().hex}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        keys = torch.tensor([list(k) for k in entries], dtype=torch.uint8)
-        logps = torch.tensor(list(entries.values()), dtype=torch.float64)
-        save_file({"keys": keys, "logps": logps}, str(tmp))
-        os.replace(tmp, path)
+        tensors = {"keys": torch.tensor([list(k) for k in entries], dtype=torch.uint8),
+                   "logps": torch.tensor(list(entries.values()), dtype=torch.float64)}
+        path = write_file_atomic(self.directory / f"{uuid.uuid4().hex}.safetensors",
+                                 lambda tmp: save_file(tensors, tmp))
         if merge:
             for shard in shards:
                 shard.unlink(missing_ok=True)

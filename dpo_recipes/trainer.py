@@ -239,18 +239,19 @@ class RecipeDPOTrainer(DPOTrainer):
         """The batch with `ref_chosen_logps`/`ref_rejected_logps`: from the cache, or computed by TRL and kept."""
         from dpo_recipes.reference_cache import pair_keys
 
+        cache = self.reference_cache
+        device = inputs["input_ids"].device
         keys = pair_keys(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        cached = self.reference_cache.lookup(keys)
+        cached = cache.lookup(keys)
         if self.accelerator.num_processes > 1:  # all processes run the reference forward, or none (DDP collectives)
-            found = torch.tensor([cached is not None], device=inputs["input_ids"].device)
-            if not bool(self.accelerator.gather(found).all()):
+            if not bool(self.accelerator.gather(torch.tensor([cached is not None], device=device)).all()):
                 cached = None
         if cached is None:
             chosen, rejected = self.compute_ref_log_probs(self.ref_model or model, inputs)
-            self.reference_cache.store(keys, chosen, rejected)
+            cache.store(keys, chosen, rejected)
         else:
             chosen, rejected = cached
-        device = inputs["input_ids"].device
+            cache.served(keys)
         return {**inputs, "ref_chosen_logps": chosen.to(device, torch.float32),
                 "ref_rejected_logps": rejected.to(device, torch.float32)}
 
