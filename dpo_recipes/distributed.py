@@ -23,16 +23,19 @@ logger = logging.getLogger(__name__)
 LAUNCH_FIX = "the recipe sets use_cpu in its training arguments itself on a machine without a GPU"
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+def _flag(name: str) -> bool:
+    """An accelerate launch flag from the environment, read as accelerate reads it."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env(name)
 
 
 def deepspeed_requested() -> bool:
-    return _truthy("ACCELERATE_USE_DEEPSPEED")
+    return _flag("ACCELERATE_USE_DEEPSPEED")
 
 
 def fsdp_requested() -> bool:
-    return _truthy("ACCELERATE_USE_FSDP")
+    return _flag("ACCELERATE_USE_FSDP")
 
 
 def launch_precision() -> str | None:
@@ -50,11 +53,11 @@ def check_launch_environment() -> None:
 
     if torch.cuda.is_available():
         return
-    if _truthy("ACCELERATE_USE_CPU") and (deepspeed_requested() or fsdp_requested()):
+    if _flag("ACCELERATE_USE_CPU") and (deepspeed_requested() or fsdp_requested()):
         raise DPORecipesError(
             "ACCELERATE_USE_CPU=true makes accelerate drop DeepSpeed/FSDP (the run would be plain DDP). Unset it and "
             f"launch as on a GPU machine: {LAUNCH_FIX}.")
-    if _truthy("ACCELERATE_USE_CPU") and "WORLD_SIZE" not in os.environ:
+    if _flag("ACCELERATE_USE_CPU") and "WORLD_SIZE" not in os.environ:
         logger.warning(
             "accelerate launch with --cpu or use_cpu: true starts ONE process and no DeepSpeed or FSDP, whatever "
             "--num_processes and the config say. Drop it to run the config as written: %s.", LAUNCH_FIX)
@@ -65,15 +68,36 @@ def check_launch_environment() -> None:
             "CPUs too).")
 
 
+def distributed_setup(trainer) -> dict:
+    """The distributed setup in effect, read from accelerate's state and the engine that trained (not from the
+    launch YAML): DeepSpeed's ZeRO stage and offload come from the DeepSpeed engine itself."""
+    state = trainer.accelerator.state
+    args = trainer.args
+    setup = {
+        "distributed_type": getattr(state.distributed_type, "value", str(state.distributed_type)),
+        "world_size": state.num_processes,
+        "mixed_precision": str(state.mixed_precision),
+        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * state.num_processes,
+    }
+    engine = getattr(trainer, "model_wrapped", None)
+    if hasattr(engine, "zero_optimization_stage"):  # a DeepSpeed engine
+        setup["zero_stage"] = engine.zero_optimization_stage()
+        for part, config in (("offload_optimizer", engine.zero_offload_optimizer()),
+                             ("offload_param", engine.zero_offload_param())):
+            device = getattr(config, "device", None)
+            setup[part] = getattr(device, "value", device) or "none"
+    return setup
+
+
 def check_in_effect(trainer) -> None:
     """Refuse a run whose distributed setup is not what the launch asked for (after the trainer is built)."""
-    state = trainer.accelerator.state
-    kind = getattr(state.distributed_type, "value", str(state.distributed_type))
-    if deepspeed_requested() and kind != "DEEPSPEED":
-        raise DPORecipesError(f"The launch asked for DeepSpeed but accelerate set up {kind}: DeepSpeed was dropped. "
-                              f"Remove --cpu / use_cpu / ACCELERATE_USE_CPU from the launch ({LAUNCH_FIX}).")
+    setup = distributed_setup(trainer)
+    if deepspeed_requested() and setup["distributed_type"] != "DEEPSPEED":
+        raise DPORecipesError(f"The launch asked for DeepSpeed but accelerate set up {setup['distributed_type']}: "
+                              "DeepSpeed was dropped. Remove --cpu / use_cpu / ACCELERATE_USE_CPU from the launch "
+                              f"({LAUNCH_FIX}).")
     asked = int(os.environ.get("WORLD_SIZE", "1"))
-    if asked != state.num_processes:
+    if asked != setup["world_size"]:
         raise DPORecipesError(f"The launch started {asked} processes but accelerate sees a world of "
-                              f"{state.num_processes}: each process would train alone on all the data. Remove --cpu / "
+                              f"{setup['world_size']}: each process would train alone on all the data. Remove --cpu / "
                               f"use_cpu from the launch ({LAUNCH_FIX}).")

@@ -472,6 +472,7 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
     """The summary.json figures every recipe reports: what trained, on what, how fast.
 
     `rows_per_pair`: training rows made from one pair (KTO unpairs each pair into 2 rows)."""
+    from dpo_recipes.distributed import distributed_setup
     from dpo_recipes.tracking import checkpoint_step, package_versions
 
     args = trainer.args
@@ -493,27 +494,6 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         "distributed": distributed_setup(trainer),
         "versions": package_versions(),
     }
-
-
-def distributed_setup(trainer) -> dict:
-    """The distributed setup in effect, read from accelerate's state and the engine that trained (not from the
-    launch YAML): DeepSpeed's ZeRO stage and offload come from the DeepSpeed engine itself."""
-    state = trainer.accelerator.state
-    args = trainer.args
-    setup = {
-        "distributed_type": getattr(state.distributed_type, "value", str(state.distributed_type)),
-        "world_size": state.num_processes,
-        "mixed_precision": str(state.mixed_precision),
-        "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * state.num_processes,
-    }
-    engine = getattr(trainer, "model_wrapped", None)
-    if hasattr(engine, "zero_optimization_stage"):  # a DeepSpeed engine
-        setup["zero_stage"] = engine.zero_optimization_stage()
-        for part, config in (("offload_optimizer", engine.zero_offload_optimizer()),
-                             ("offload_param", engine.zero_offload_param())):
-            device = getattr(config, "device", None)
-            setup[part] = getattr(device, "value", device) or "none"
-    return setup
 
 
 def speed_levers(trainer) -> dict:
