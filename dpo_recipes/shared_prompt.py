@@ -132,10 +132,11 @@ def unpack_hidden(hidden: torch.Tensor, packed: PackedPairs) -> torch.Tensor:
     return hidden[packed.row, packed.column]
 
 
-def _attention_mask_for(model, visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """sdpa takes the boolean mask; eager adds the mask to the scores, so it gets 0 / dtype-min."""
+def _attention_mask_for(model, visible: torch.Tensor) -> torch.Tensor:
+    """sdpa takes the boolean mask; eager adds the mask to the scores, so it gets 0 / the weights' dtype minimum."""
     if model.config._attn_implementation == "sdpa":
         return visible
+    dtype = model.get_input_embeddings().weight.dtype
     return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible,
                                                                                       torch.finfo(dtype).min)
 
@@ -162,11 +163,9 @@ class SharedPromptForward:
                 return original(*args, **kwargs)
             kwargs.pop("attention_mask", None)
             kwargs.pop("position_ids", None)
-            dtype = wrapper.model.get_input_embeddings().weight.dtype
             kwargs["input_ids"] = packed.input_ids
             outputs = original(position_ids=packed.position_ids,
-                               attention_mask=_attention_mask_for(wrapper.model, packed.attention_mask, dtype),
-                               **kwargs)
+                               attention_mask=_attention_mask_for(wrapper.model, packed.attention_mask), **kwargs)
             outputs.last_hidden_state = unpack_hidden(outputs.last_hidden_state, packed)
             return outputs
 

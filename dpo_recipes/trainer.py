@@ -135,14 +135,11 @@ class RecipeDPOTrainer(DPOTrainer):
         score_completion_tokens_only()
         # Installed on a model object before TRL's constructor, so a reference precomputation there shares too.
         model = kwargs.get("model", args[0] if args else None)
-        self._shared_prompt_wrappers = [install_shared_prompt(_causal_lm(model))] if share_prompts and isinstance(
-            model, torch.nn.Module) else []
+        self._shared_prompt_wrappers = _shared_prompt_wrappers([model]) if share_prompts else []
         super().__init__(*args, **kwargs)
-        if share_prompts and not self._is_vision_dataset and not getattr(self.args, "use_liger_kernel", False):
-            self._shared_prompt_wrappers = [install_shared_prompt(_causal_lm(m, self.accelerator))
-                                            for m in (self.model, self.ref_model) if m is not None]
-        else:
-            self._shared_prompt_wrappers = []
+        sharing = share_prompts and not self._is_vision_dataset and not getattr(self.args, "use_liger_kernel", False)
+        self._shared_prompt_wrappers = _shared_prompt_wrappers([self.model, self.ref_model], self.accelerator) \
+            if sharing else []
         if loss_hook is not None:
             check_hook_config(loss_hook, self.args)  # args may have been None above: TRL built a default
             if self._is_vision_dataset:
@@ -162,9 +159,9 @@ class RecipeDPOTrainer(DPOTrainer):
             return super()._get_train_sampler(train_dataset)
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        shared = any(w is not None for w in getattr(self, "_shared_prompt_wrappers", []))
         return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=pair_lengths(dataset, self.args.max_length, shared_prompt=shared))
+                                    lengths=pair_lengths(dataset, self.args.max_length,
+                                                         shared_prompt=bool(self._shared_prompt_wrappers)))
 
     # --- carrying the scores through TRL's data path ---------------------------------------------------------------
     def _set_signature_columns_if_needed(self):
@@ -181,13 +178,13 @@ class RecipeDPOTrainer(DPOTrainer):
     def _sharing_prompts(self):
         """Every backbone forward in the block runs each pair's shared prompt once (where installed)."""
         with contextlib.ExitStack() as stack:
-            for wrapper in getattr(self, "_shared_prompt_wrappers", []):
+            for wrapper in self._shared_prompt_wrappers:
                 stack.enter_context(shared_prompts(wrapper))
             yield
 
     def shared_prompt_tokens(self) -> tuple[int, int]:
         """(tokens in TRL's two-row layout, tokens the model actually ran) over the packed forwards so far."""
-        wrappers = [w for w in self._shared_prompt_wrappers if w is not None]
+        wrappers = self._shared_prompt_wrappers
         return sum(w.tokens_before for w in wrappers), sum(w.tokens_after for w in wrappers)
 
     # --- the loss ------------------------------------------------------------------------------------------------------
@@ -370,10 +367,18 @@ class RecipeDPOTrainer(DPOTrainer):
                 handle.remove()
 
 
-def _causal_lm(model, accelerator=None):
-    """The causal LM beneath DDP/DeepSpeed and PEFT wrappers (the module TRL gave its fused LM head)."""
-    model = accelerator.unwrap_model(model) if accelerator is not None else model
-    return model.get_base_model() if is_peft_model(model) else model
+def _shared_prompt_wrappers(models: list, accelerator=None) -> list:
+    """The shared-prompt wrappers installed on these models (unwrapped from DDP/DeepSpeed and PEFT down to the
+    causal LM TRL gave its fused LM head); models it cannot apply to, and names not yet loaded, get none."""
+    wrappers = []
+    for model in models:
+        if not isinstance(model, torch.nn.Module):
+            continue
+        model = accelerator.unwrap_model(model) if accelerator is not None else model
+        wrapper = install_shared_prompt(model.get_base_model() if is_peft_model(model) else model)
+        if wrapper is not None:
+            wrappers.append(wrapper)
+    return wrappers
 
 
 def check_hook_config(loss_hook: str, args) -> None:
