@@ -182,15 +182,16 @@ def _refuse_argument(message: str):
 
 
 def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] | None = None,
-                      dataclass_types: tuple | None = None, recipe: str = "dpo_lora", variant: str | None = None):
+                      dataclass_types: tuple | None = None, recipe: str = "dpo_lora", variant: str | None = None,
+                      preset: str | None = None):
     """Parse a recipe's arguments: hardware defaults < preset < YAML (`--config`) < command line.
 
     Which YAML: `--config FILE`; with no `--config` and no `--dataset_name`, the recipe's `default_config` (its
     default run on the shipped identity data). With `--dataset_name` and no `--config`, no YAML applies: the
     identity run's data rules, evaluation prompts and output folder are for the identity data only, so your data
     gets the rules' defaults, no identity evaluation, and `outputs/<recipe>-<data name>` as output_dir.
-    Preset: `--preset a,b` (overlaid left to right), else the YAML's `preset`, else `default_preset()` for this
-    hardware. `variant` ('orpo', 'simpo', 'kto'): take the loss from that trainer's settings (see `preset_defaults`).
+    Preset: `--preset a,b` (overlaid left to right), else the YAML's `preset`, else the recipe's own `preset`
+    (dpo_full.py: full-gpu), else `default_preset()` for this hardware. `variant` ('orpo', 'simpo', 'kto'): take the loss from that trainer's settings (see `preset_defaults`).
     Returns the dataclass instances, (RecipeArguments, DPOConfig, ModelConfig) by default; `RecipeArguments.preset`
     holds the preset names that applied.
     """
@@ -207,7 +208,7 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
         config_path = str(default_config)
         argv = ["--config", config_path, *argv]
     config = _read_yaml_config(config_path) if config_path else {}
-    preset = _cli_value(argv, "--preset") or config.get("preset") or default_preset()
+    preset = _cli_value(argv, "--preset") or config.get("preset") or preset or default_preset()
     defaults = preset_defaults(preset, variant=variant)
     defaults["preset"] = preset
     dataset_name = _cli_value(argv, "--dataset_name") or config.get("dataset_name")

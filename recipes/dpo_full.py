@@ -26,13 +26,12 @@ DEFAULT_PRESET = "full-gpu"
 
 
 def parse(argv: list[str]):
-    """dpo_lora's arguments with the full-parameter preset, LoRA refused."""
-    if "--dataset_name" not in " ".join(argv) and "--config" not in argv:
+    """dpo_lora's arguments with the full-parameter preset (unless the command line or YAML names one), LoRA
+    refused."""
+    recipe_args, training_args, model_args = parse_recipe_args(None, argv, recipe="dpo_full", preset=DEFAULT_PRESET)
+    if not recipe_args.dataset_name:
         raise DPORecipesError("recipes/dpo_full.py needs --dataset_name (or --config): full-parameter DPO of your "
                               "pairs. The default identity run is recipes/dpo_lora.py.")
-    if not any(a == "--preset" or a.startswith("--preset=") for a in argv):
-        argv = ["--preset", DEFAULT_PRESET, *argv]
-    recipe_args, training_args, model_args = parse_recipe_args(None, argv, recipe="dpo_full")
     if model_args.use_peft:
         raise DPORecipesError("recipes/dpo_full.py trains every weight; for LoRA use recipes/dpo_lora.py.")
     return recipe_args, training_args, model_args
