@@ -68,22 +68,20 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     (transformers' `get_last_checkpoint` would take it for being the newest)."""
     import json
     import logging
-    import re
 
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
+    from transformers.trainer_utils import sort_checkpoints
+
+    if not Path(output_dir).is_dir():
         return None
-    numbered = [(int(m.group(1)), p) for p in output_dir.iterdir()
-                if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    for _, checkpoint in sorted(numbered, reverse=True):
+    for checkpoint in reversed(sort_checkpoints(str(output_dir))):  # newest first
         try:
-            json.loads((checkpoint / "trainer_state.json").read_text())
+            json.loads((Path(checkpoint) / "trainer_state.json").read_text())
         except (OSError, ValueError):
             logging.getLogger(__name__).warning(
                 "%s is incomplete (no readable trainer_state.json: the run was stopped while saving it); skipped, "
                 "resuming from the checkpoint before it", checkpoint)
             continue
-        return str(checkpoint)
+        return checkpoint
     return None
 
 
