@@ -155,18 +155,19 @@ def hardware_defaults() -> dict:
 
     from dpo_recipes.distributed import launch_precision
 
+    gpu = torch.cuda.is_available()
+    # use_cpu: transformers refuses --bf16 without a GPU unless it is set (on a machine without a GPU it changes
+    # nothing else)
+    device = {} if gpu else {"use_cpu": True}
     fixed = launch_precision()  # a DeepSpeed launch config fixes precision; DeepSpeed refuses a mismatch
-    if torch.cuda.is_available():
-        if fixed is not None:
-            return {"bf16": fixed == "bf16", "fp16": fixed == "fp16"}
+    if fixed is not None:
+        return {"bf16": fixed == "bf16", "fp16": fixed == "fp16", **device}
+    if gpu:
         bf16 = torch.cuda.is_bf16_supported()
         return {"bf16": bf16, "fp16": not bf16}
-    if fixed is not None:
-        return {"bf16": fixed == "bf16", "fp16": fixed == "fp16", "use_cpu": True}
     # bf16 autocast (weights and optimizer stay fp32) where the CPU multiplies bf16 in hardware: 1.64x the pairs/s of
-    # fp32 on an AVX512-BF16 CPU in benchmarks/throughput.py. use_cpu: transformers refuses --bf16 without a GPU
-    # unless it is set (on a machine without a GPU it changes nothing else).
-    return {"bf16": cpu_has_fast_bf16(), "fp16": False, "use_cpu": True}
+    # fp32 on an AVX512-BF16 CPU in benchmarks/throughput.py.
+    return {"bf16": cpu_has_fast_bf16(), "fp16": False, **device}
 
 
 def use_all_cpu_cores(world_size: int) -> None:

@@ -187,7 +187,7 @@ class RecipeDPOTrainer(DPOTrainer):
         wrappers = self._shared_prompt_wrappers
         return sum(w.tokens_before for w in wrappers), sum(w.tokens_after for w in wrappers)
 
-    # --- the loss ------------------------------------------------------------------------------------------------------
+    # --- the loss ----------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         with self._sharing_prompts():
             if self.reference_cache is None or self.precompute_ref_logps:
@@ -209,8 +209,9 @@ class RecipeDPOTrainer(DPOTrainer):
             bad = next(float(x) for x in losses.tolist() if not math.isfinite(x))
             raise DPORecipesError(
                 f"The training loss is {bad} at step {self.state.global_step + 1}; stopped before that step's update, "
-                f"so the last checkpoint (step {self.state.global_step} or earlier) is clean. Causes, most likely first: "
-                "fp16 overflow (use bf16 or fp32), a learning rate too high, or broken rows (dpo-recipes validate).")
+                f"so the last checkpoint (step {self.state.global_step} or earlier) is clean. Causes, most likely "
+                "first: fp16 overflow (use bf16 or fp32), a learning rate too high, or broken rows "
+                "(dpo-recipes validate).")
         return loss
 
     # --- the reference's log-probs, cached per pair -----------------------------------------------------------------

@@ -131,8 +131,8 @@ class ValidationReport:
                          "every mode")
         if always.get("prompt_too_long"):
             where = ", ".join(e["where"] for e in self.examples.get("prompt_too_long", []))
-            lines.append(f"  dropped {always['prompt_too_long']:,} whose prompt fills max_length={self.max_length} tokens (no answer "
-                         f"token left to train on; dropped in every mode), e.g. {where}")
+            lines.append(f"  dropped {always['prompt_too_long']:,} whose prompt fills max_length={self.max_length} "
+                         f"tokens (no answer token left to train on; dropped in every mode), e.g. {where}")
         if self.warnings.get("truncated"):
             where = ", ".join(e["where"] for e in self.examples.get("truncated", []))
             lines.append(f"  warning: {self.warnings['truncated']:,} kept pairs exceed max_length={self.max_length} "
