@@ -18,6 +18,11 @@ logger = logging.getLogger(__name__)
 TRACKED_PACKAGES = ("dpo-recipes", "torch", "trl", "transformers", "peft", "accelerate", "datasets")
 
 
+WANDB_PROJECT = "dpo-recipes"  # W&B project when WANDB_PROJECT is unset
+# Argument names whose values are never logged (tokens, keys, passwords), matched as substrings of the name.
+SECRET_MARKERS = ("token", "api_key", "secret", "password")
+
+
 def _wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -28,20 +33,178 @@ def _wandb_has_credentials() -> bool:
         return False
 
 
+def _wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether the W&B server answers a TCP connection within `timeout` seconds (no request is sent)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_requested(report_to: list[str] | str | None) -> bool:
+    """Whether `report_to` asks for W&B (by name, or 'all')."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return "wandb" in targets or "all" in targets
+
+
 def prepare_wandb(report_to: list[str] | str | None, output_dir: str) -> str | None:
-    """Make W&B safe to use here: offline (files under OUTPUT_DIR/wandb) when no key is configured.
+    """Make W&B safe to use here, before anything starts it: runs go under OUTPUT_DIR/wandb, and offline when no
+    key is configured or the server does not answer in 3 s (a run never waits on the network).
 
     Returns the W&B mode in effect, or None when W&B is not a `report_to` target. `WANDB_MODE` set by the user wins.
+    W&B's own console chatter is silenced (WANDB_SILENT, unless set): the recipe prints one line on where the run
+    is and, offline, the one `wandb sync` command that uploads it.
     """
-    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    if "wandb" not in targets and "all" not in targets:
+    if not wandb_requested(report_to):
         return None
-    if "WANDB_MODE" not in os.environ and not _wandb_has_credentials():
-        os.environ["WANDB_MODE"] = "offline"
-        logger.info("No W&B key found: logging offline to %s/wandb (sync later with `wandb sync`).", output_dir)
+    if "WANDB_MODE" not in os.environ:
+        if not _wandb_has_credentials():
+            os.environ["WANDB_MODE"] = "offline"
+        elif not _wandb_reachable():
+            os.environ["WANDB_MODE"] = "offline"
+            logger.warning("W&B key found, but %s does not answer: logging offline instead.",
+                           os.environ.get("WANDB_BASE_URL", "api.wandb.ai"))
     os.environ.setdefault("WANDB_DIR", output_dir)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_INIT_TIMEOUT", "60")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    return os.environ["WANDB_MODE"] if "WANDB_MODE" in os.environ else "online"
+    return os.environ.get("WANDB_MODE", "online")
+
+
+def redact(values: dict) -> dict:
+    """`values` with every set secret-like argument (see SECRET_MARKERS) replaced by '<redacted>'."""
+    return {k: "<redacted>" if v not in (None, "") and any(m in k.lower() for m in SECRET_MARKERS) else v
+            for k, v in values.items()}
+
+
+def source_revision() -> dict:
+    """The git commit of the dpo-recipes checkout this code runs from, and whether it has local changes
+    ({'git_commit': None} when it is an installed copy, not a checkout)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return {"git_commit": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None}
+    return {"git_commit": commit, "git_dirty": bool(dirty)}
+
+
+def run_name_and_tags(recipe: str, preset: str | None, model_name: str, training_args, loss_hook=None,
+                      use_peft: bool = False) -> tuple[str, list[str]]:
+    """A W&B run name from recipe, model, preset and date ('dpo_lora-SmolLM2-135M-Instruct-identity-lora-cpu-
+    20261123-1514'; `--run_name` wins), and tags for filtering runs."""
+    import datetime
+
+    model = Path(str(model_name).removeprefix("embedded:")).name or str(model_name)
+    date = datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    name = training_args.run_name or "-".join(p for p in (recipe, model, (preset or "").replace(",", "+"), date) if p)
+    losses = getattr(training_args, "loss_type", None)
+    tags = [recipe, model, *(f"preset:{p.strip()}" for p in (preset or "").split(",") if p.strip()),
+            "lora" if use_peft else "full", *(f"loss:{t}" for t in (losses if isinstance(losses, list) else []))]
+    if loss_hook:
+        tags.append(f"hook:{loss_hook}")
+    return name, [t[:64] for t in tags]  # W&B caps a tag at 64 characters
+
+
+def start_wandb_run(recipe: str, recipe_args, training_args, model_args, record: dict, data_report):
+    """Start the W&B run of this training run (main process only; None when W&B is not requested).
+
+    It is started here, not by transformers' WandbCallback, so that it carries the run name and tags, the full
+    resolved config with where each value came from (`value_sources`: cli, yaml:PATH, preset:NAME, hardware,
+    default), the data validation report, the data's fingerprint, the git commit and package versions. The callback
+    then logs TRL's metrics into this same run.
+    """
+    import dataclasses
+
+    if not wandb_requested(training_args.report_to) or training_args.process_index != 0:
+        return None
+    import wandb
+
+    name, tags = run_name_and_tags(recipe, recipe_args.preset, record["model"], training_args,
+                                   getattr(recipe_args, "loss_hook", None), getattr(model_args, "use_peft", False))
+    training_args.run_name = name  # what the WandbCallback reads
+    config = {
+        **redact(training_args.to_dict()),
+        "model_args": redact({f.name: _loggable(getattr(model_args, f.name)) for f in dataclasses.fields(model_args)}),
+        "recipe_args": redact({f.name: _loggable(getattr(recipe_args, f.name)) for f in dataclasses.fields(recipe_args)
+                               if f.init}),
+        "value_sources": getattr(recipe_args, "value_sources", {}),
+        "dpo_recipes": {"recipe": recipe, "preset": recipe_args.preset, "model": record["model"],
+                        "data_source": record["data"]["source"], "data_pairs": record["data"]["pairs"],
+                        "data_sha256": record["data"]["sha256"], **source_revision(), "versions": package_versions()},
+    }
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), name=name, tags=tags, config=config,
+                     dir=training_args.output_dir, job_type="train")
+    report = data_report.to_dict()
+    run.summary["data_report"] = {k: v for k, v in report.items() if k != "examples"}
+    run.log({"data/dropped": wandb.Table(columns=["rule", "pairs"],
+                                         data=[[rule, n] for rule, n in report.get("dropped", {}).items()])},
+            commit=False)
+    return run
+
+
+def _loggable(value):
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_loggable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _loggable(v) for k, v in value.items()}
+    return str(value)
+
+
+def wandb_alert(alarm: dict) -> None:
+    """Send a health alarm to W&B as an alert (online runs email or Slack it per the user's W&B settings)."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    try:
+        wandb.alert(title=f"DPO health: {alarm['kind']}", text=alarm["message"][:1000],
+                    level=wandb.AlertLevel.WARN)
+    except Exception as exc:  # an alert that cannot be sent must not stop training
+        logger.warning("W&B alert not sent: %s", exc)
+
+
+def finish_wandb_run(summary: dict, before=None, after=None, alarms=(), plots=()) -> None:
+    """Log the run's end artefacts into the W&B run and close it: the before/after held-out answers as a Table, the
+    health alarms as a Table, the plots as images, summary.json's figures in the run summary. Then print where the
+    run is and, for an offline run, the one `wandb sync` command that uploads it."""
+    import wandb
+
+    run = wandb.run
+    if run is None:
+        return
+    logs = {}
+    if before is not None and after is not None and before.prompts:
+        rows = [[p["kind"], p["prompt"], before.answers[i], after.answers[i], i in after.leaks, i in after.degenerate]
+                for i, p in enumerate(before.prompts)]
+        logs["heldout/answers"] = wandb.Table(columns=["kind", "prompt", "before", "after", "leak", "degenerate"],
+                                              data=rows)
+    logs["health/alarms"] = wandb.Table(columns=["kind", "step", "message"],
+                                        data=[[a["kind"], a["step"], a["message"]] for a in alarms])
+    for path in plots:
+        logs[f"plots/{Path(path).stem}"] = wandb.Image(str(path))
+    run.log(logs)
+    run.summary.update({f"run/{k}": _loggable(v) for k, v in summary.items()})
+    offline = run.settings.mode == "offline" or getattr(run, "offline", False)
+    run_dir = Path(run.dir).parent
+    run.finish()
+    if offline:
+        print(f"W&B run logged offline in {run_dir}; upload it with: wandb sync {run_dir}")
+    else:
+        print(f"W&B run: {getattr(run, 'url', None) or run_dir}")
 
 
 def package_versions() -> dict[str, str]:
