@@ -59,8 +59,8 @@ MODEL_KEYS = ("dtype", "load_in_4bit", "load_in_8bit", "use_peft", "lora_r", "lo
 HOOK_KEYS = {"odpo": ("odpo_alpha", "odpo_ratio"), "rdpo": ("rdpo_alpha",)}
 # What a run writes into output_dir; --overwrite_output_dir removes these (and only these) before starting afresh.
 RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "summary.json", "metrics.jsonl",
-               "eval_answers.jsonl", "data_validation.json", "train_results.json", "all_results.json",
-               "trainer_state.json", "training_args.bin", "merged", RUN_RECORD)
+               "eval_answers.jsonl", "data_validation.json", "train_results.json", "eval_results.json",
+               "all_results.json", "trainer_state.json", "training_args.bin", "merged", "plots", RUN_RECORD)
 # A full-model run also writes config.json, model weights and tokenizer files, but so does a base model folder:
 # those are never removed, and --overwrite_output_dir clears only a folder whose run_record.json says a run wrote it.
 
@@ -116,6 +116,7 @@ def load_train_data(recipe_args, training_args, tokenizer, allow_unpaired: bool 
         column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),
         tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True,
         allow_unpaired=allow_unpaired)
+    data.eval_dataset = load_eval_data(recipe_args, training_args, tokenizer, data, allow_unpaired)
     if recipe_args.max_train_samples and recipe_args.max_train_samples < len(data.dataset):
         data.report.notes.append(f"max_train_samples: training on the first {recipe_args.max_train_samples} of "
                                  f"{len(data.dataset)} kept pairs")
@@ -124,10 +125,91 @@ def load_train_data(recipe_args, training_args, tokenizer, allow_unpaired: bool 
     return data
 
 
-def check_before_model(recipe_args, training_args, model_args, dataset, tokenizer) -> list[dict]:
-    """Every check that needs no model weights: run before loading them. Returns the evaluation prompts it read."""
+def load_eval_data(recipe_args, training_args, tokenizer, data, allow_unpaired: bool = False):
+    """The held-out preference pairs TRL's eval loop scores (eval_loss, eval_rewards/*), or None.
+
+    - `--eval_fraction F`: carved off the validated training pairs, seeded (data_seed, else seed), whole prompts at a
+      time: no prompt is in both sets, so the eval set measures pairs the model never saw. The training pairs keep
+      their order.
+    - `--eval_dataset_name SRC`: its own file / folder / hub id (split: dataset_test_split), validated with the
+      same rules.
+    - neither, and eval_strategy is not 'no': dataset_name's dataset_test_split when dataset_name is a folder or a
+      hub dataset (TRL's and alignment-handbook's scripts' behaviour); a single file has no test split: refused.
+    """
+    from dpo_recipes.data import load_preference_data
+
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if recipe_args.eval_fraction:
+        return _carve_eval_pairs(data, recipe_args.eval_fraction,
+                                 training_args.data_seed if training_args.data_seed is not None else training_args.seed)
+    source = recipe_args.eval_dataset_name
+    if source is None and strategy != "no":
+        if Path(recipe_args.dataset_name).is_file():
+            raise DPORecipesError(f"--eval_strategy {strategy} needs held-out pairs, and {recipe_args.dataset_name} is "
+                                  "one file with no test split: pass --eval_fraction 0.1 (carved off the training "
+                                  "pairs) or --eval_dataset_name EVAL.jsonl.")
+        source = recipe_args.dataset_name
+    if source is None:
+        return None
+    set_stage("loading the eval data")
+    evaluation = load_preference_data(
+        source, split=recipe_args.dataset_test_split, data_format=recipe_args.data_format,
+        column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),
+        tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True,
+        allow_unpaired=allow_unpaired)
+    data.report.notes.append(f"eval pairs: {len(evaluation.dataset)} of {evaluation.report.total_rows} rows of "
+                             f"{source} (split {recipe_args.dataset_test_split}) kept by validation")
+    data.eval_report = evaluation.report
+    return evaluation.dataset
+
+
+def _carve_eval_pairs(data, fraction: float, seed: int):
+    """Move about `fraction` of data.dataset's pairs, whole prompts at a time, into an eval set (seeded)."""
+    import random
+
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(data.dataset["prompt"]):
+        groups.setdefault(json.dumps(prompt, sort_keys=True, ensure_ascii=False), []).append(i)
+    if len(groups) < 2:
+        raise DPORecipesError(f"--eval_fraction {fraction}: the training pairs have {len(groups)} distinct prompt(s); "
+                              "an eval set needs prompts the training set does not have. Pass --eval_dataset_name.")
+    order = list(groups.values())
+    random.Random(seed).shuffle(order)
+    target, held, prompts = max(1, round(fraction * len(data.dataset))), [], 0
+    for indexes in order:
+        if len(held) >= target or len(indexes) + len(held) > len(data.dataset) // 2:
+            continue
+        held.extend(indexes)
+        prompts += 1
+    held_set = set(held)
+    evaluation = data.dataset.select(sorted(held))
+    data.dataset = data.dataset.select([i for i in range(len(data.dataset)) if i not in held_set])
+    data.report.notes.append(f"eval_fraction {fraction}: {len(evaluation)} pairs ({prompts} prompts) held out for "
+                             f"evaluation, seed {seed}; no prompt is in both sets; {len(data.dataset)} pairs left to "
+                             "train on")
+    return evaluation
+
+
+def pairs_only(dataset):
+    """prompt / chosen / rejected of `dataset` (None stays None): for trainers that read no other column."""
+    return dataset.select_columns(["prompt", "chosen", "rejected"]) if dataset is not None else None
+
+
+def check_before_model(recipe_args, training_args, model_args, dataset, tokenizer, recipe: str = "dpo_lora"
+                       ) -> list[dict]:
+    """Every check that needs no model weights: run before loading them. Returns the evaluation prompts it read.
+
+    First the pre-flight check (`dpo_recipes.preflight`: settings TRL or PEFT ignore, risky combinations, a memory
+    and time estimate; `--preflight strict` stops on any of them)."""
     from dpo_recipes.data.lengths import require_chat_template
     from dpo_recipes.evaluation import load_eval_prompts
+    from dpo_recipes.monitor import parse_thresholds
+    from dpo_recipes.preflight import check_before_run
+
+    set_stage("checking the settings")
+    check_before_run(recipe_args, training_args, model_args, recipe, dataset=dataset, tokenizer=tokenizer)
+    _check_push_to_hub(training_args)
+    parse_thresholds(recipe_args.health_thresholds)  # a bad alarm threshold fails before the output folder is claimed
 
     if recipe_args.merge and not model_args.use_peft:
         raise DPORecipesError("--merge merges a LoRA adapter into its base model, but use_peft is false: the model "
@@ -150,6 +232,26 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
         if loss_hook == "odpo":
             check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
     return prompts
+
+
+def _check_push_to_hub(training_args) -> None:
+    """--push_to_hub needs the hub: refuse before model work when it is unreachable (Trainer would fail on creating
+    the repository after the model is loaded)."""
+    if not training_args.push_to_hub:
+        return
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise DPORecipesError("--push_to_hub true, but HF_HUB_OFFLINE is set: unset it, or drop --push_to_hub.")
+    import socket
+    from urllib.parse import urlparse
+
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise DPORecipesError(f"--push_to_hub true, but {host} does not answer from this machine: push later with "
+                              "`huggingface-cli upload`, or drop --push_to_hub.") from None
 
 
 def _is_dpo(training_args) -> bool:
@@ -424,7 +526,26 @@ def train(trainer, plan: RunPlan) -> dict:
         logger.info("Training had finished in %s: its outputs are written from it", plan.checkpoint)
         return {}
     result = trainer.train(resume_from_checkpoint=plan.checkpoint)
+    monitor = health_monitor(trainer)
+    if monitor is not None and monitor.nonfinite_step is not None:  # the weights may hold that step's update
+        from dpo_recipes.tracking import last_checkpoint
+
+        clean = last_checkpoint(plan.output_dir)
+        raise DPORecipesError(f"Stopped at step {monitor.nonfinite_step}: a logged value was not a number (see the "
+                              "warning above); the model is not saved. "
+                              + (f"The last clean checkpoint is {clean}." if clean else "No checkpoint was saved."))
+    if monitor is not None and monitor.stopped_at_step is not None:
+        logger.warning("The health monitor stopped training at step %d (--health_monitor stop); the outputs are saved "
+                       "as they are. Rerunning the same command continues from the last checkpoint.",
+                       monitor.stopped_at_step)
     return result.metrics
+
+
+def health_monitor(trainer):
+    """The trainer's HealthMonitor callback, or None (--health_monitor off)."""
+    from dpo_recipes.monitor import HealthMonitor
+
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, HealthMonitor)), None)
 
 
 class CheckpointModes(TrainerCallback):
@@ -434,6 +555,55 @@ class CheckpointModes(TrainerCallback):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # Trainer's name for the one just saved
         if state.is_world_process_zero and checkpoint.is_dir():
             apply_default_modes(checkpoint)
+
+
+@dataclass
+class Watch:
+    """What watches a run: its W&B run (None without W&B) and the health monitor (None with --health_monitor off)."""
+
+    wandb_run: object = None
+    monitor: object = None
+
+    @property
+    def callbacks(self) -> list:
+        """The TrainerCallbacks to pass to the trainer."""
+        return [self.monitor] if self.monitor is not None else []
+
+
+def start_watching(recipe: str, recipe_args, training_args, model_args, plan: RunPlan, data) -> Watch:
+    """Start the run's W&B run (offline without a key or network; see `tracking.start_wandb_run`) and its health
+    monitor (`dpo_recipes.monitor`), whose alarms also go to W&B as alerts."""
+    from dpo_recipes.monitor import HealthMonitor, parse_thresholds
+    from dpo_recipes.tracking import prepare_wandb, start_wandb_run, wandb_alert
+
+    set_stage("starting the run's tracking")
+    thresholds = parse_thresholds(recipe_args.health_thresholds)
+    mode = prepare_wandb(training_args.report_to, training_args.output_dir)
+    wandb_run = start_wandb_run(recipe, recipe_args, training_args, model_args, plan.record, data.report) \
+        if mode is not None and mode != "disabled" else None
+    monitor = None
+    if recipe_args.health_monitor != "off":
+        monitor = HealthMonitor(recipe_args.health_monitor, thresholds,
+                                on_alarm=wandb_alert if wandb_run is not None else None)
+    return Watch(wandb_run, monitor)
+
+
+def evaluate(trainer) -> dict:
+    """TRL's evaluation on the held-out pairs (eval_loss, eval_rewards/accuracies, eval_rewards/margins, ...) of the
+    final weights, saved as eval_results.json and logged like a training step; {} when the run has no eval set."""
+    if trainer.eval_dataset is None:
+        return {}
+    last = trainer.state.log_history[-2:]  # an eval_steps evaluation at the last step, then train()'s totals
+    done = [log for log in last if "eval_loss" in log and log.get("step") == trainer.state.global_step]
+    if done:  # the eval loop already ran on these weights: not again
+        metrics = {k: v for k, v in done[-1].items() if k.startswith("eval_") or k == "epoch"}
+    else:
+        set_stage("evaluating on the held-out pairs")
+        metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return metrics
 
 
 def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) -> None:
@@ -493,7 +663,18 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         **speed_levers(trainer),
         "distributed": distributed_setup(trainer),
         "versions": package_versions(),
+        **final_eval_metrics(trainer),
     }
+
+
+def final_eval_metrics(trainer) -> dict:
+    """The last held-out pair evaluation's metrics ({'eval': {...}}, with the step and the rows scored: pairs, or for
+    KTO 2 rows a pair), or {} when the run evaluated none."""
+    evals = [log for log in trainer.state.log_history if "eval_loss" in log]
+    if not evals:
+        return {}
+    return {"eval": {k.removeprefix("eval_"): v for k, v in evals[-1].items() if k.startswith("eval_")}
+            | {"step": evals[-1].get("step"), "rows": len(trainer.eval_dataset) if trainer.eval_dataset else None}}
 
 
 def speed_levers(trainer) -> dict:
@@ -511,15 +692,41 @@ def speed_levers(trainer) -> dict:
     return levers
 
 
-def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None) -> None:
-    """Write summary.json (and the before/after answers), then mark the run finished: a rerun of the same command
-    then trains nothing. Only the main process writes."""
-    from dpo_recipes.tracking import write_summary
+def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch: Watch | None = None,
+           plots: bool = True) -> None:
+    """Write summary.json (with the health monitor's alarms, the answers' checks included) and the before/after
+    answers, draw the plots, close the W&B run, then mark the run finished: a rerun of the same command then trains
+    nothing. Only the main process writes."""
+    from dpo_recipes.tracking import finish_wandb_run, write_summary
 
     set_stage("finished")
-    if trainer.is_world_process_zero():
-        write_summary(plan.output_dir, summary, before, after)
-        write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": trainer.state.global_step})
+    monitor = watch.monitor if watch is not None else None
+    if monitor is not None and before is not None and after is not None and before.prompts:
+        monitor.check_answers(before, after, trainer.state.global_step)
+    if monitor is not None:
+        summary["health"] = monitor.summary()
+    if not trainer.is_world_process_zero():
+        return
+    write_summary(plan.output_dir, summary, before, after)
+    drawn = draw_plots(plan.output_dir) if plots else []
+    if watch is not None and watch.wandb_run is not None:
+        finish_wandb_run(summary, before, after, monitor.alarms if monitor is not None else (), drawn)
+    if trainer.args.push_to_hub:  # the summary, answers and plots too (save_model pushed the weights)
+        trainer.push_to_hub(commit_message="dpo-recipes: summary, held-out answers, plots")
+    write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": trainer.state.global_step})
+
+
+def draw_plots(output_dir: Path) -> list[Path]:
+    """The run's PNGs in OUTPUT_DIR/plots (`dpo_recipes.plots`). A plot that fails to draw costs a warning, never the
+    finished run."""
+    from dpo_recipes.plots import plot_run
+
+    try:
+        return plot_run(output_dir)
+    except Exception as exc:  # noqa: BLE001 - plots are a view of results already saved
+        logger.warning("Plots not drawn (%s: %s); redraw them with `dpo-recipes plot %s`.", type(exc).__name__, exc,
+                       output_dir)
+        return []
 
 
 def report_finished(plan: RunPlan, recipe_args=None, training_args=None, model_args=None, model_path=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -19,8 +20,8 @@ TRACKED_PACKAGES = ("dpo-recipes", "torch", "trl", "transformers", "peft", "acce
 
 
 WANDB_PROJECT = "dpo-recipes"  # W&B project when WANDB_PROJECT is unset
-# Argument names whose values are never logged (tokens, keys, passwords), matched as substrings of the name.
-SECRET_MARKERS = ("token", "api_key", "secret", "password")
+# Argument names whose values are never logged: tokens that authenticate (hub_token, not pad_token), keys, passwords.
+SECRET_NAME = re.compile(r"(^|_)(hub|hf|auth|access|api|wandb)_token$|api_key$|secret|password", re.IGNORECASE)
 
 
 def _wandb_has_credentials() -> bool:
@@ -77,9 +78,8 @@ def prepare_wandb(report_to: list[str] | str | None, output_dir: str) -> str | N
 
 
 def redact(values: dict) -> dict:
-    """`values` with every set secret-like argument (see SECRET_MARKERS) replaced by '<redacted>'."""
-    return {k: "<redacted>" if v not in (None, "") and any(m in k.lower() for m in SECRET_MARKERS) else v
-            for k, v in values.items()}
+    """`values` with every set secret argument (see SECRET_NAME) replaced by '<redacted>'."""
+    return {k: "<redacted>" if v not in (None, "") and SECRET_NAME.search(k) else v for k, v in values.items()}
 
 
 def source_revision() -> dict:

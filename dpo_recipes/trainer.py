@@ -154,14 +154,26 @@ class RecipeDPOTrainer(DPOTrainer):
         TRL's tokenized pairs do not have; a pair's length here is its prompt plus its longer answer, what the
         collator pads the batch to."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        sampler = self._length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        """The held-out pairs grouped by length too (Trainer's own grouping would fail as for training)."""
+        import torch
+
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        sampler = self._length_grouped(eval_dataset, self.args.eval_batch_size, torch.Generator().manual_seed(seed))
+        return sampler if sampler is not None else super()._get_eval_sampler(eval_dataset)
+
+    def _length_grouped(self, dataset, batch_size: int, generator=None):
+        """A LengthGroupedSampler over TRL's tokenized pairs, or None when grouping is off or the data untokenized."""
         columns = getattr(dataset, "column_names", None) or []
         if self.args.train_sampling_strategy != "group_by_length" or "prompt_ids" not in columns:
-            return super()._get_train_sampler(train_dataset)
+            return None
         from transformers.trainer_pt_utils import LengthGroupedSampler
 
-        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                    lengths=pair_lengths(dataset, self.args.max_length,
-                                                         shared_prompt=bool(self._shared_prompt_wrappers)))
+        lengths = pair_lengths(dataset, self.args.max_length, shared_prompt=bool(self._shared_prompt_wrappers))
+        return LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
 
     # --- carrying the scores through TRL's data path ---------------------------------------------------------------
     def _set_signature_columns_if_needed(self):

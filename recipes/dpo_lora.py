@@ -21,7 +21,6 @@ from dpo_recipes import run
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.presets import use_all_cpu_cores
-from dpo_recipes.tracking import prepare_wandb
 from dpo_recipes.trainer import RecipeDPOTrainer
 
 logger = logging.getLogger("dpo_lora")
@@ -38,11 +37,11 @@ def main(recipe_args, training_args, model_args):
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
     data = run.load_train_data(recipe_args, training_args, tokenizer)
-    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer, "dpo_lora")
     plan = run.plan_output_dir("dpo_lora", recipe_args, training_args, model_args, model_path, data)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
         return run.report_finished(plan, recipe_args, training_args, model_args, model_path, tokenizer)
-    prepare_wandb(training_args.report_to, training_args.output_dir)
+    watch = run.start_watching("dpo_lora", recipe_args, training_args, model_args, plan, data)  # W&B, health alarms
 
     # 3. Model (the embedded SmolLM2 when --model_name_or_path is unset) and held-out answers before training -----
     model = run.load_model_for(model_args, training_args, model_path)
@@ -52,25 +51,27 @@ def main(recipe_args, training_args, model_args):
     # 4. Train: TRL's DPOTrainer (+ our loss hooks); LoRA's reference is the base with the adapter disabled -------
     start = time.perf_counter()  # includes the reference log-prob precomputation done in the constructor
     trainer = RecipeDPOTrainer(
-        model=model, args=training_args, train_dataset=data.dataset, processing_class=tokenizer,
-        peft_config=get_peft_config(model_args), loss_hook=recipe_args.loss_hook,
-        odpo_alpha=recipe_args.odpo_alpha, odpo_ratio=recipe_args.odpo_ratio, rdpo_alpha=recipe_args.rdpo_alpha,
-        share_prompts=recipe_args.share_prompts, reference_cache=recipe_args.reference_cache)
+        model=model, args=training_args, train_dataset=data.dataset, eval_dataset=data.eval_dataset,
+        processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args),
+        loss_hook=recipe_args.loss_hook, odpo_alpha=recipe_args.odpo_alpha, odpo_ratio=recipe_args.odpo_ratio,
+        rdpo_alpha=recipe_args.rdpo_alpha, share_prompts=recipe_args.share_prompts,
+        reference_cache=recipe_args.reference_cache)
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
+    run.evaluate(trainer)  # the held-out pairs (--eval_fraction / --eval_dataset_name), when there are any
 
     # 5. Save: adapter, metrics (and a merged model with --merge) ----------------------------------------------------
     run.save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
 
-    # 6. Held-out answers after training, summary ------------------------------------------------------------------
+    # 6. Held-out answers after training; summary, plots, W&B tables --------------------------------------------------
     run.set_stage("answering the evaluation prompts after training")
     after = evaluate_prompts(trainer.model, tokenizer, prompts, recipe_args)
     summary = run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics)
     summary.update(compare(before, after) if prompts else {})
-    run.finish(plan, trainer, summary, before, after)
+    run.finish(plan, trainer, summary, before, after, watch, plots=recipe_args.plots)
     if prompts:
         print(before_after_table(before, after))
-    print(f"\nAdapter, metrics and summary.json are in {training_args.output_dir}")
+    print(f"\nAdapter, metrics, summary.json and plots/ are in {training_args.output_dir}")
     trainer.accelerator.end_training()
 
 

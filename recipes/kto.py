@@ -24,7 +24,6 @@ from dpo_recipes.config import RecipeArguments, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.presets import use_all_cpu_cores
-from dpo_recipes.tracking import prepare_wandb
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "kto.yaml"
@@ -40,42 +39,48 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
     data = run.load_train_data(recipe_args, training_args, tokenizer, allow_unpaired=True)
     unpaired = "label" in data.dataset.column_names  # already one answer and a label a row
-    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer, "kto")
     # Pairs are unpaired: one desirable (chosen) and one undesirable (rejected) row each. Shuffled so that a batch
     # mixes labels: KTO's KL baseline is estimated from mismatched rows inside the batch.
-    if unpaired:
-        train_dataset = data.dataset.shuffle(seed=training_args.seed)
-    else:
-        train_dataset = unpair_preference_dataset(data.dataset.select_columns(["prompt", "chosen", "rejected"]))
-        train_dataset = train_dataset.shuffle(seed=training_args.seed)
+    train_dataset = kto_rows(data.dataset, training_args.seed)
+    eval_dataset = kto_rows(data.eval_dataset, training_args.seed) if data.eval_dataset is not None else None
     check_class_balance(train_dataset["label"], training_args)
     rows_per_pair = 1 if unpaired else 2
     plan = run.plan_output_dir("kto", recipe_args, training_args, model_args, model_path, data, rows_per_pair)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
         return run.report_finished(plan, recipe_args, training_args, model_args, model_path, tokenizer)
-    prepare_wandb(training_args.report_to, training_args.output_dir)
+    watch = run.start_watching("kto", recipe_args, training_args, model_args, plan, data)  # W&B, health alarms
 
     # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer, reference = adapter disabled -
     model = run.load_model_for(model_args, training_args, model_path)
     run.set_stage("answering the evaluation prompts before training")
     before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
     start = time.perf_counter()
-    trainer = KTOTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
-                         peft_config=get_peft_config(model_args))
+    trainer = KTOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args))
 
     # 4. Train, save, summarize ------------------------------------------------------------------------------------
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
+    run.evaluate(trainer)  # the held-out pairs (--eval_fraction / --eval_dataset_name), when there are any
     run.save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
     run.set_stage("answering the evaluation prompts after training")
     after = evaluate_prompts(trainer.model, tokenizer, prompts, recipe_args)
     summary = run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics,
                             rows_per_pair=rows_per_pair)
     summary.update(compare(before, after) if prompts else {})
-    run.finish(plan, trainer, summary, before, after)
+    run.finish(plan, trainer, summary, before, after, watch, plots=recipe_args.plots)
     if prompts:
         print(before_after_table(before, after))
     logger.info("Saved to %s", training_args.output_dir)
+
+
+def kto_rows(dataset, seed: int):
+    """KTO's rows, shuffled: unpaired data as it is; pairs as one desirable (chosen) and one undesirable (rejected)
+    row each."""
+    if "label" not in dataset.column_names:
+        dataset = unpair_preference_dataset(dataset.select_columns(["prompt", "chosen", "rejected"]))
+    return dataset.shuffle(seed=seed)
 
 
 def check_class_balance(labels: list[bool], training_args: KTOConfig) -> None:

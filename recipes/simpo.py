@@ -22,7 +22,6 @@ from dpo_recipes.config import RecipeArguments, parse_recipe_args
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.presets import use_all_cpu_cores
-from dpo_recipes.tracking import prepare_wandb
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "simpo.yaml"
@@ -37,7 +36,7 @@ def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: Mod
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
     data = run.load_train_data(recipe_args, training_args, tokenizer)
-    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer)
+    prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer, "simpo")
     if training_args.loss_type != "simpo":
         raise DPORecipesError(f"recipes/simpo.py runs SimPO, but loss_type={training_args.loss_type!r}; set "
                               "loss_type: simpo (TRL's CPOTrainer runs the other CPO losses).")
@@ -47,26 +46,28 @@ def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: Mod
     plan = run.plan_output_dir("simpo", recipe_args, training_args, model_args, model_path, data)
     if plan.finished_step is not None:  # the same run already finished here: train nothing
         return run.report_finished(plan, recipe_args, training_args, model_args, model_path, tokenizer)
-    prepare_wandb(training_args.report_to, training_args.output_dir)
+    watch = run.start_watching("simpo", recipe_args, training_args, model_args, plan, data)  # W&B, health alarms
     train_dataset = data.dataset.select_columns(["prompt", "chosen", "rejected"])  # SimPO ignores scores
+    eval_dataset = run.pairs_only(data.eval_dataset)  # --eval_fraction / --eval_dataset_name, or None
 
     # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer, SimPO = CPO's 'simpo' loss ---
     model = run.load_model_for(model_args, training_args, model_path)
     run.set_stage("answering the evaluation prompts before training")
     before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
     start = time.perf_counter()
-    trainer = CPOTrainer(model=model, args=training_args, train_dataset=train_dataset, processing_class=tokenizer,
-                         peft_config=get_peft_config(model_args))
+    trainer = CPOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args))
 
     # 4. Train, save, summarize ------------------------------------------------------------------------------------
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
+    run.evaluate(trainer)  # the held-out pairs (--eval_fraction / --eval_dataset_name), when there are any
     run.save_outputs(trainer, tokenizer, recipe_args, training_args, metrics)
     run.set_stage("answering the evaluation prompts after training")
     after = evaluate_prompts(trainer.model, tokenizer, prompts, recipe_args)
     summary = run.summarize(recipe_args, model_args, model_path, data, trainer, plan, train_seconds, metrics)
     summary.update(compare(before, after) if prompts else {})
-    run.finish(plan, trainer, summary, before, after)
+    run.finish(plan, trainer, summary, before, after, watch, plots=recipe_args.plots)
     if prompts:
         print(before_after_table(before, after))
     logger.info("Saved to %s", training_args.output_dir)

@@ -62,14 +62,27 @@ def test_training_lowers_the_loss_and_the_adapter_reloads_to_the_same_logits(smo
         assert not torch.allclose(reloaded(ids).logits, load_model(path)(ids).logits, atol=1e-3)
 
 
-def test_default_recipe_runs_with_few_steps_resumes_and_merges(smollm, tmp_path):
+def test_default_recipe_runs_with_few_steps_resumes_and_merges(smollm, tmp_path, monkeypatch):
+    from wandb_records import read_run
+
     from dpo_recipes.config import parse_recipe_args
 
     recipe = _recipe()
     out = tmp_path / "run"
-    common = ["--output_dir", str(out), "--max_train_samples", "16", "--report_to", "none", "--save_steps", "1",
+    common = ["--output_dir", str(out), "--max_train_samples", "16", "--save_steps", "1",
               "--eval_max_new_tokens", "6", "--eval_batch_size", "56", "--per_device_train_batch_size", "4"]
-    recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, ["--max_steps", "2", *common]))
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the preset's W&B, as with no key and no network
+    recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, ["--max_steps", "2", "--logging_steps", "1", *common]))
+
+    # Watching the run: the offline W&B run holds the metrics, config, data report and answers; the PNGs are drawn.
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    logged = read_run(run_dir)
+    assert any("train/rewards/margins" in step for step in logged["history"])
+    assert any("heldout/answers/nrows" in step for step in logged["history"])
+    assert logged["config"]["value_sources"]["beta"] == "preset:identity-lora-cpu"
+    assert logged["summary"]["data_report"]["kept"] == 373
+    assert {p.name for p in (out / "plots").glob("*.png")} >= {"overview.png", "margins.png", "lengths.png"}
+    common += ["--report_to", "none"]
 
     summary = json.loads((out / "summary.json").read_text())
     for key in ("heldout_identity_rate_before", "heldout_identity_rate_after", "general_unchanged_rate",

@@ -52,9 +52,11 @@ def test_wandb_only_when_asked(clean_wandb_env, tmp_path):
 
 def test_secrets_are_redacted_and_other_values_kept():
     values = redact({"hub_token": "hf_abc", "wandb_api_key": "k", "hub_model_id": "me/model", "push_to_hub_token": None,
-                     "learning_rate": 1e-4})
+                     "learning_rate": 1e-4, "pad_token": "<pad>", "eval_max_new_tokens": 64,
+                     "average_tokens_across_devices": True})
     assert values == {"hub_token": "<redacted>", "wandb_api_key": "<redacted>", "hub_model_id": "me/model",
-                      "push_to_hub_token": None, "learning_rate": 1e-4}
+                      "push_to_hub_token": None, "learning_rate": 1e-4, "pad_token": "<pad>",
+                      "eval_max_new_tokens": 64, "average_tokens_across_devices": True}
 
 
 def test_run_name_and_tags_come_from_recipe_preset_model_and_date():

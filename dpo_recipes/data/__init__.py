@@ -36,6 +36,8 @@ class PreferenceData:
 
     dataset: datasets.Dataset
     report: ValidationReport
+    eval_dataset: datasets.Dataset | None = None  # held-out pairs, set by the recipe (run.load_eval_data)
+    eval_report: ValidationReport | None = None   # validation of a separate eval source
 
 
 def load_preference_data(source: str, *, split: str = "train", data_format: str | None = None,
