@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 PANELS = {
     "loss": ("Loss", "loss (nats)", ("loss",)),
     "rewards": ("Implicit rewards", "reward (nats, scaled by β)", ("rewards/chosen", "rewards/rejected")),
-    "margins": ("Reward margin", "chosen − rejected reward (nats)", ("rewards/margins",)),
+    "margins": ("Reward margin", "chosen − rejected reward (nats, scaled by β)", ("rewards/margins",)),
     "accuracies": ("Reward accuracy", "share of pairs: chosen reward > rejected", ("rewards/accuracies",)),
     "logps": ("Log-probabilities", "completion log-prob, token sum (nats)", ("logps/chosen", "logps/rejected")),
     "hook": ("Loss hook metrics", "", ()),  # every odpo/* and rdpo/* key
