@@ -156,3 +156,16 @@ def test_a_bad_health_threshold_fails_before_model_work(tiny_model_dir, tmp_path
     with pytest.raises(DPORecipesError, match="no_such_threshold"):
         dpo(*args)
     assert not (tmp_path / "run").exists()
+
+
+def test_health_monitor_stop_ends_training_at_the_first_alarm_and_records_it(tiny_model_dir, tmp_path, offline_wandb):
+    out = tmp_path / "run"
+    dpo(*quick(tiny_model_dir, out, "--dataset_name", str(FIXTURE), "--max_steps", "6", "--learning_rate", "1e-12",
+               "--health_monitor", "stop", "--report_to", "wandb",
+               "--health_thresholds", "no_learning_after_steps=0,no_learning_logs=1,no_learning_accuracy_band=0.5"))
+    result = summary(out)
+    (alarm,) = result["health"]["alarms"]
+    assert alarm["kind"] == "no_learning" and alarm["step"] == 1
+    assert result["health"]["stopped_at_step"] == 1 and result["steps"] == 1
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert any(step.get("health/alarms/nrows") == 1 for step in read_run(run_dir)["history"])
