@@ -245,7 +245,9 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
 
     check_launch_environment()
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, ModelConfig))
+    parser.error = _refuse_argument  # one line ('--lora_r sixteen'), not argparse's usage screen
+    argv = canonical_flags(parser, list(sys.argv[1:] if argv is None else argv))
     config_path = _cli_value(argv, "--config")
     if config_path is None and default_config is not None and _cli_value(argv, "--dataset_name") is None:
         config_path = str(default_config)
@@ -258,8 +260,6 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     if dataset_name:
         defaults["output_dir"] = f"outputs/{recipe.replace('_', '-')}-{run_name(str(dataset_name))}"
 
-    parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, ModelConfig))
-    parser.error = _refuse_argument  # one line ('--lora_r sixteen'), not argparse's usage screen
     unknown = parser.set_defaults_with_config(**defaults)
     if unknown:  # a preset key no dataclass has would be dropped without a word (e.g. transformers 5's warmup_ratio)
         raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "
@@ -273,6 +273,20 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
         if hasattr(instance, "value_sources"):
             instance.value_sources = sources
     return parsed
+
+
+def canonical_flags(parser, argv: list[str]) -> list[str]:
+    """`argv` with each flag in its underscore spelling (`--dataset-name` -> `--dataset_name`, as the parser also
+    accepts), and abbreviations refused by the parser from now on: what the recipe reads from the command line before
+    parsing (which YAML applies, the preset, the output folder, each value's source) sees every flag as parsed."""
+    parser.allow_abbrev = False  # '--learning_rat 1e-2' would set learning_rate unseen by those reads
+    canonical = {option: "--" + action.dest for action in parser._actions for option in action.option_strings
+                 if option.startswith("--") and option[2:].replace("-", "_") == action.dest}
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        out.append(canonical.get(flag, flag) + eq + value if arg.startswith("--") else arg)
+    return out
 
 
 def value_sources(parsed, argv: list[str], config: dict, config_path: str | None, defaults: dict,

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from dpo_recipes.errors import DPORecipesError
 
@@ -161,7 +162,7 @@ def _threshold_value(name: str, raw) -> float | int | None:
     return number
 
 
-class HealthMonitor(TrainerCallback):
+class HealthMonitor(TrainerCallback, ExportableState):
     """Watches a DPO run's logs (and, through `check_answers`, its held-out answers) and raises each alarm once.
 
     Args:
@@ -417,6 +418,26 @@ class HealthMonitor(TrainerCallback):
 
     def _is_main(self) -> bool:
         return self._main if self._main is not None else os.environ.get("RANK", "0") == "0"
+
+    def state(self) -> dict:
+        """What each checkpoint's trainer_state.json keeps of the monitor (Trainer saves ExportableState callbacks):
+        the alarms so far, so that a resumed run still reports them (`restore_alarms`)."""
+        return {"args": {"mode": self.mode}, "attributes": {"alarms": [dict(a) for a in self.alarms]}}
+
+    def restore_alarms(self, checkpoint: str | os.PathLike) -> None:
+        """Take the alarms a checkpoint's trainer_state.json recorded (the run before a resume), each marked
+        `before_resume`: they stay in the summary, and their kinds do not warn again in the same run."""
+        import json
+
+        try:
+            saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            return
+        earlier = saved.get("stateful_callbacks", {}).get(type(self).__name__, {})
+        earlier = earlier[0] if isinstance(earlier, list) and earlier else earlier  # one entry, or a list of them
+        for alarm in (earlier.get("attributes", {}).get("alarms", []) if isinstance(earlier, dict) else []):
+            if not any(a["kind"] == alarm.get("kind") for a in self.alarms):
+                self.alarms.append({**alarm, "before_resume": True})
 
     def summary(self) -> dict:
         """What summary.json records: mode, thresholds, alarms and the step the monitor stopped training at."""

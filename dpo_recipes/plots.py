@@ -44,6 +44,14 @@ HOOK_PREFIXES = ("odpo/", "rdpo/")
 UNITS = {"odpo/offset": "nats", "odpo/accuracy": "share of pairs", "odpo/loss": "nats", "rdpo/length_diff": "tokens",
          "rdpo/length_margin": "nats", "rdpo/loss": "nats", "nll_loss": "nats per token", "log_odds_ratio": "nats",
          "log_odds_chosen": "nats", "kl": "nats"}
+# ORPO and SimPO (CPO) log rewards as beta x the policy's mean token log-prob, with no reference model, and
+# per-token mean log-probs: their panels say so.
+NO_REFERENCE_RECIPES = ("orpo", "simpo")
+NO_REFERENCE_PANELS = {
+    "rewards": ("Rewards (no reference model)", "β × mean token log-prob (nats)"),
+    "margins": ("Reward margin (no reference model)", "chosen − rejected, β × mean token log-prob (nats)"),
+    "logps": ("Log-probabilities", "completion log-prob, mean per token (nats)"),
+}
 REFERENCE_LINES = {"rewards": 0.0, "margins": 0.0, "accuracies": 0.5}  # zero reward; chance accuracy
 COLORS = {"chosen": "tab:green", "rejected": "tab:red"}
 LINESTYLES = ("-", "--", "-.", ":")
@@ -114,7 +122,8 @@ def load_run(run_dir: str | os.PathLike, label: str | None = None) -> dict:
     run_dir = Path(run_dir)
     metrics = run_dir / "metrics.jsonl"
     if not metrics.is_file():
-        what = "no such folder" if not run_dir.is_dir() else "no metrics.jsonl in it"
+        what = ("a file, not a run folder" if run_dir.is_file() else "no such folder" if not run_dir.is_dir()
+                else "no metrics.jsonl in it")
         raise DPORecipesError(f"{run_dir}: {what}; pass a run's output_dir (metrics.jsonl is written when training "
                               "ends).")
     data = {"label": label or run_dir.name, "series": series(_read_jsonl(metrics)), "lengths": {}, "notes": []}
@@ -123,7 +132,30 @@ def load_run(run_dir: str | os.PathLike, label: str | None = None) -> dict:
     except DPORecipesError as exc:  # the curves are still worth drawing
         data["notes"].append(f"lengths ({exc})")
     data["title"] = _title(run_dir)
+    data["recipe"] = _recipe(run_dir)
     return data
+
+
+def _recipe(run_dir: Path) -> str | None:
+    """The recipe that wrote the run (its run_record.json), or None."""
+    try:
+        return json.loads((run_dir / "run_record.json").read_text()).get("recipe")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def panel_text(name: str, runs: list[dict]) -> tuple[str, str]:
+    """(title, y label) of panel `name` for these runs: the no-reference wording when every run is ORPO or SimPO, a
+    note that the unit differs when only some are."""
+    title, ylabel, _ = PANELS[name]
+    if name not in NO_REFERENCE_PANELS:
+        return title, ylabel
+    no_reference = [r.get("recipe") in NO_REFERENCE_RECIPES for r in runs]
+    if all(no_reference):
+        return NO_REFERENCE_PANELS[name]
+    if any(no_reference):
+        return title, ylabel + "; ORPO/SimPO runs: per-token mean, no reference"
+    return title, ylabel
 
 
 def _title(run_dir: Path) -> str:
@@ -250,7 +282,7 @@ def panel_figure(name: str, runs: list[dict]):
     keys = panel_keys(name, runs)
     if not keys:
         return None
-    title, ylabel, _ = PANELS[name]
+    title, ylabel = panel_text(name, runs)
     if name in ("hook", "terms"):
         fig, axes = _grid(len(keys), 2, 5.2, 3.4)
         for ax, key in zip(axes, keys):
@@ -269,8 +301,9 @@ def overview_figure(runs: list[dict]):
         return None
     fig, axes = _grid(len(panels), 3, 4.0, 3.1)
     for ax, (name, keys) in zip(axes, panels):
-        _draw(ax, name, keys, runs, PANELS[name][1], small=True)
-        ax.set_title(PANELS[name][0], fontsize=9)
+        title, ylabel = panel_text(name, runs)
+        _draw(ax, name, keys, runs, ylabel, small=True)
+        ax.set_title(title, fontsize=9)
     fig.suptitle(_titles(runs), fontsize=10)
     return fig
 

@@ -58,7 +58,9 @@ class Finding:
         """'ignored padding_free = True (yaml): reason Fix: ...', wrapped to `width` columns with a hanging indent."""
         import textwrap
 
-        value = repr(self.value)
+        from dpo_recipes.tracking import redact
+
+        value = repr(redact({self.setting: self.value})[self.setting])  # a token in model_init_kwargs is not printed
         value = value if len(value) <= 60 else value[:57] + "..."
         source = "yaml" if self.source.startswith("yaml:") else self.source  # the report's header names the file
         fix = f" Fix: {self.fix}" if self.fix else ""
@@ -334,6 +336,9 @@ def preflight(recipe_args, training_args, model_args, recipe: str = "dpo_lora", 
                                   f"{facts['lora_problem']}"))
     estimate = preflight_estimate.estimate(s, facts, problem, probe=probe)
     findings += preflight_estimate.memory_findings(estimate, s)
+    # A preset's or a default's value that goes unused is no setting of the user's (e.g. the LoRA preset's lora_r
+    # under use_peft: false): not reported, so that --strict stops only on what the config or command line set.
+    findings = [f for f in findings if f.level != "ignored" or f.source == "cli" or f.source.startswith("yaml:")]
     findings.sort(key=lambda f: LEVELS.index(f.level))
     report = PreflightReport(recipe, findings, estimate)
     report._table = preflight_estimate.table(estimate, s)
@@ -372,7 +377,7 @@ def check_before_run(recipe_args, training_args, model_args, recipe: str, datase
             log[f.level]("pre-flight %s", f.line())
     stops = report.of("error", "ignored", "risky") if mode == "strict" else []
     if stops:
-        listed = "; ".join(f"{f.setting}={f.value!r} {f.level}" for f in stops)
+        listed = "; ".join(f"{f.setting} {f.level}" for f in stops)
         raise DPORecipesError(f"pre-flight check (--preflight strict): {listed}. Fix them, or --preflight warn to run "
                               "anyway (reasons: the log above, or dpo-recipes check CONFIG).")
     return report

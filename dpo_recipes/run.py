@@ -518,6 +518,7 @@ def train(trainer, plan: RunPlan) -> dict:
     set_stage("training", trainer=trainer)
     check_in_effect(trainer)
     trainer.add_callback(CheckpointModes())
+    _redact_wandb_config(trainer)
     if plan.checkpoint_complete:
         from transformers import TrainerState
 
@@ -539,6 +540,17 @@ def train(trainer, plan: RunPlan) -> dict:
                        "as they are. Rerunning the same command continues from the last checkpoint.",
                        monitor.stopped_at_step)
     return result.metrics
+
+
+def _redact_wandb_config(trainer) -> None:
+    """Swap transformers' WandbCallback for one that logs the arguments without secrets (tracking.redact)."""
+    from transformers.integrations import WandbCallback
+
+    from dpo_recipes.tracking import redacting_wandb_callback
+
+    if any(type(c) is WandbCallback for c in trainer.callback_handler.callbacks):
+        trainer.remove_callback(WandbCallback)
+        trainer.add_callback(redacting_wandb_callback())
 
 
 def health_monitor(trainer):
@@ -579,12 +591,14 @@ def start_watching(recipe: str, recipe_args, training_args, model_args, plan: Ru
     set_stage("starting the run's tracking")
     thresholds = parse_thresholds(recipe_args.health_thresholds)
     mode = prepare_wandb(training_args.report_to, training_args.output_dir)
-    wandb_run = start_wandb_run(recipe, recipe_args, training_args, model_args, plan.record, data.report) \
-        if mode is not None and mode != "disabled" else None
+    wandb_run = start_wandb_run(recipe, recipe_args, training_args, model_args, plan.record, data.report,
+                                resumed_from=plan.checkpoint) if mode is not None and mode != "disabled" else None
     monitor = None
     if recipe_args.health_monitor != "off":
         monitor = HealthMonitor(recipe_args.health_monitor, thresholds,
                                 on_alarm=wandb_alert if wandb_run is not None else None)
+        if plan.checkpoint:  # a resumed run keeps the alarms raised before its checkpoint
+            monitor.restore_alarms(plan.checkpoint)
     return Watch(wandb_run, monitor)
 
 

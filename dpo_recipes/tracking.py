@@ -5,6 +5,7 @@ Nothing here prints or logs a secret: the W&B key is only tested for presence.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -20,8 +21,12 @@ TRACKED_PACKAGES = ("dpo-recipes", "torch", "trl", "transformers", "peft", "acce
 
 
 WANDB_PROJECT = "dpo-recipes"  # W&B project when WANDB_PROJECT is unset
-# Argument names whose values are never logged: tokens that authenticate (hub_token, not pad_token), keys, passwords.
-SECRET_NAME = re.compile(r"(^|_)(hub|hf|auth|access|api|wandb)_token$|api_key$|secret|password", re.IGNORECASE)
+# Names whose values are never logged, at any depth (hub_token, model_init_kwargs' token; not pad_token), and text
+# that looks like a Hugging Face or W&B credential wherever it appears.
+SECRET_NAME = re.compile(r"^token$|(^|_)(hub|hf|auth|access|api|wandb|bearer)_token$|api_key$|secret|password",
+                         re.IGNORECASE)
+SECRET_TEXT = re.compile(r"\bhf_[A-Za-z0-9]{8,}|\b[0-9a-f]{40}\b|\b(local|wandb_v1)-[0-9a-f]{40,}")
+REDACTED = "<redacted>"
 
 
 def _wandb_has_credentials() -> bool:
@@ -77,9 +82,56 @@ def prepare_wandb(report_to: list[str] | str | None, output_dir: str) -> str | N
     return os.environ.get("WANDB_MODE", "online")
 
 
-def redact(values: dict) -> dict:
-    """`values` with every set secret argument (see SECRET_NAME) replaced by '<redacted>'."""
-    return {k: "<redacted>" if v not in (None, "") and SECRET_NAME.search(k) else v for k, v in values.items()}
+def redact(values):
+    """`values` (a dict, list or scalar, nested) with every set secret replaced by '<redacted>': values under a secret
+    name (SECRET_NAME), and credential-like text (SECRET_TEXT) anywhere, also inside JSON strings."""
+    if isinstance(values, dict):
+        return {k: REDACTED if v not in (None, "") and isinstance(k, str) and SECRET_NAME.search(k) else redact(v)
+                for k, v in values.items()}
+    if isinstance(values, (list, tuple)):
+        return type(values)(redact(v) for v in values)
+    if isinstance(values, str):
+        return SECRET_TEXT.sub(REDACTED, values)
+    return values
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the values of secret flags (`--hub_token X`, `--hub-token=X`) and credential-like text in
+    any argument (a JSON `{"token": ...}` too) replaced by '<redacted>'."""
+    import json
+
+    out, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        if arg.startswith("--"):
+            name, eq, _ = arg[2:].partition("=")
+            if SECRET_NAME.search(name.replace("-", "_")):
+                out.append(f"--{name}={REDACTED}" if eq else arg)
+                hide_next = not eq
+                continue
+        if arg.lstrip().startswith("{"):
+            try:
+                arg = json.dumps(redact(json.loads(arg)))
+            except ValueError:
+                pass
+        out.append(redact(arg))
+    return out
+
+
+@contextlib.contextmanager
+def _argv_redacted():
+    """sys.argv without secrets while W&B records the program's arguments (wandb.Settings reads sys.argv)."""
+    import sys
+
+    original = sys.argv
+    sys.argv = [original[0], *redact_argv(original[1:])]
+    try:
+        yield
+    finally:
+        sys.argv = original
 
 
 def source_revision() -> dict:
@@ -117,13 +169,15 @@ def run_name_and_tags(recipe: str, preset: str | None, model_name: str, training
     return name, [t[:64] for t in tags]  # W&B caps a tag at 64 characters
 
 
-def start_wandb_run(recipe: str, recipe_args, training_args, model_args, record: dict, data_report):
+def start_wandb_run(recipe: str, recipe_args, training_args, model_args, record: dict, data_report,
+                    resumed_from: str | None = None):
     """Start the W&B run of this training run (main process only; None when W&B is not requested).
 
     It is started here, not by transformers' WandbCallback, so that it carries the run name and tags, the full
     resolved config with where each value came from (`value_sources`: cli, yaml:PATH, preset:NAME, hardware,
     default), the data validation report, the data's fingerprint, the git commit and package versions. The callback
-    then logs TRL's metrics into this same run.
+    then logs TRL's metrics into this same run. A resumed run (`resumed_from`, a checkpoint) is a new W&B run that
+    says so in its config; its history starts at the checkpoint's step.
     """
     import dataclasses
 
@@ -142,10 +196,15 @@ def start_wandb_run(recipe: str, recipe_args, training_args, model_args, record:
         "value_sources": getattr(recipe_args, "value_sources", {}),
         "dpo_recipes": {"recipe": recipe, "preset": recipe_args.preset, "model": record["model"],
                         "data_source": record["data"]["source"], "data_pairs": record["data"]["pairs"],
-                        "data_sha256": record["data"]["sha256"], **source_revision(), "versions": package_versions()},
+                        "data_sha256": record["data"]["sha256"], **source_revision(), "versions": package_versions(),
+                        "resumed_from": resumed_from},
     }
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT), name=name, tags=tags, config=config,
-                     dir=training_args.output_dir, job_type="train")
+    project = os.environ.get("WANDB_PROJECT", WANDB_PROJECT)
+    training_args.project = project  # TrainingArguments' own 'project' (trackio's, default 'huggingface') in the config
+    config["project"] = project
+    with _argv_redacted():
+        run = wandb.init(project=project, name=name, tags=tags, config=config, dir=training_args.output_dir,
+                         job_type="train")
     report = data_report.to_dict()
     run.summary["data_report"] = {k: v for k, v in report.items() if k != "examples"}
     run.log({"data/dropped": wandb.Table(columns=["rule", "pairs"],
@@ -162,6 +221,23 @@ def _loggable(value):
     if isinstance(value, dict):
         return {str(k): _loggable(v) for k, v in value.items()}
     return str(value)
+
+
+def redacting_wandb_callback():
+    """transformers' WandbCallback, logging the training arguments through `redact` (its own masking covers only
+    top-level `*_token` names, not e.g. model_init_kwargs' token)."""
+    from transformers.integrations import WandbCallback
+
+    class RedactingWandbCallback(WandbCallback):
+        def setup(self, args, state, model, **kwargs):
+            to_dict = args.to_dict
+            args.to_dict = lambda: redact(to_dict())  # what setup() puts into the run's config
+            try:
+                super().setup(args, state, model, **kwargs)
+            finally:
+                del args.to_dict
+
+    return RedactingWandbCallback()
 
 
 def wandb_alert(alarm: dict) -> None:
@@ -201,10 +277,16 @@ def finish_wandb_run(summary: dict, before=None, after=None, alarms=(), plots=()
     offline = run.settings.mode == "offline" or getattr(run, "offline", False)
     run_dir = Path(run.dir).parent
     run.finish()
-    if offline:
-        print(f"W&B run logged offline in {run_dir}; upload it with: wandb sync {run_dir}")
-    else:
+    if not offline:
         print(f"W&B run: {getattr(run, 'url', None) or run_dir}")
+        return
+    earlier = [d for d in sorted(run_dir.parent.glob("offline-run-*")) if d != run_dir]
+    if earlier:  # a resumed run (or runs discarded by --overwrite_output_dir) left W&B runs of their own here
+        print(f"W&B run logged offline in {run_dir}, next to {len(earlier)} earlier run(s) of this output folder "
+              f"(before a resume or an --overwrite_output_dir); upload them all with: "
+              f"wandb sync {run_dir.parent}/offline-run-*")
+    else:
+        print(f"W&B run logged offline in {run_dir}; upload it with: wandb sync {run_dir}")
 
 
 def package_versions() -> dict[str, str]:

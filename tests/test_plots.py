@@ -225,3 +225,22 @@ def test_a_corrupt_metrics_line_is_an_error_naming_the_line(tmp_path):
         f.write('{"loss": 0.3, "st\n')
     with pytest.raises(DPORecipesError, match=r"metrics.jsonl line 4: not JSON"):
         plots.plot_run(run_dir)
+
+
+def test_orpo_and_simpo_panels_say_their_rewards_have_no_reference(tmp_path):
+    from dpo_recipes.plots import panel_text
+
+    dpo, orpo = {"recipe": "dpo_lora"}, {"recipe": "orpo"}
+    assert "mean token log-prob" in panel_text("rewards", [orpo])[1]
+    assert "per token" in panel_text("logps", [{"recipe": "simpo"}])[1]
+    assert "scaled by β" in panel_text("rewards", [dpo])[1] and "token sum" in panel_text("logps", [dpo])[1]
+    assert "ORPO/SimPO" in panel_text("margins", [dpo, orpo])[1]
+
+
+def test_a_file_given_as_run_folder_is_named_as_a_file(tmp_path, capsys):
+    from dpo_recipes import cli
+
+    path = tmp_path / "summary.json"
+    path.write_text("{}")
+    assert cli.main(["plot", str(path)]) == 2
+    assert "a file, not a run folder" in capsys.readouterr().err

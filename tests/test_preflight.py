@@ -16,6 +16,7 @@ from dpo_recipes.preflight import check_before_run, check_config, parse_config, 
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs"
+FIXTURE = ROOT / "tests" / "fixtures" / "pairs.jsonl"
 HANDBOOK = ROOT / "tests" / "fixtures" / "alignment_handbook"
 SHIPPED = [("dpo_lora", "dpo_lora"), ("ipo", "dpo_lora"), ("odpo", "dpo_lora"), ("rdpo", "dpo_lora"),
            ("orpo", "orpo"), ("simpo", "simpo"), ("kto", "kto")]
@@ -311,7 +312,7 @@ def test_check_before_run_honours_the_preflight_setting(tiny_model_dir, caplog):
     with caplog.at_level(logging.INFO, logger="dpo_recipes.preflight"):
         report = check_before_run(*_parsed("--padding_free", "true", model=tiny_model_dir), "dpo_lora")
     assert report.warnings == 1 and "padding_free" in caplog.text and "memory" in caplog.text
-    with pytest.raises(DPORecipesError, match="padding_free=True ignored") as exc:
+    with pytest.raises(DPORecipesError, match="padding_free ignored") as exc:
         check_before_run(*_parsed("--preflight", "strict", "--padding_free", "true", model=tiny_model_dir),
                          "dpo_lora")
     assert "\n" not in str(exc.value)
@@ -364,3 +365,22 @@ def test_an_unknown_recipe_flag_is_one_line(capsys):
 def test_an_unknown_recipe_is_one_line():
     with pytest.raises(DPORecipesError, match="known recipes"):
         check_config(str(CONFIGS / "dpo_lora.yaml"), "dpo_giant")
+
+
+def test_values_a_preset_set_and_the_config_did_not_are_not_reported_as_ignored(tmp_path, tiny_model_dir):
+    """lora-cpu sets lora_r & co.; a config with use_peft: false did not ask for them: --strict must not stop on them."""
+    config = tmp_path / "full.yaml"
+    config.write_text(f"dataset_name: {FIXTURE}\nuse_peft: false\nlearning_rate: 1.0e-6\n"
+                      f"model_name_or_path: {tiny_model_dir}\nmax_length: 128\n")
+    report = check_config(str(config))
+    assert not [f for f in report.findings if f.setting.startswith("lora_")]
+    config.write_text(config.read_text() + "lora_r: 8\n")
+    (lora_r,) = [f for f in check_config(str(config)).findings if f.setting == "lora_r"]
+    assert lora_r.level == "ignored"
+
+
+def test_a_token_in_a_setting_is_never_printed(tiny_model_dir):
+    report = check_config(str(CONFIGS / "dpo_lora.yaml"), argv=["--model_name_or_path", tiny_model_dir,
+                                                               "--model_init_kwargs", '{"token": "hf_SECRETSECRET1"}'])
+    text = report.text()
+    assert "model_init_kwargs" in text and "hf_SECRETSECRET1" not in text

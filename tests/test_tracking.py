@@ -78,3 +78,15 @@ def test_source_revision_is_this_checkouts_commit():
         pytest.skip("not a git checkout")
     head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert source_revision()["git_commit"] == head
+
+
+def test_nested_tokens_and_credential_text_are_redacted():
+    from dpo_recipes.tracking import redact_argv
+
+    assert redact({"model_init_kwargs": {"token": "hf_abcdefgh123", "revision": "main"}, "note": "key hf_abcdefgh123"}) \
+        == {"model_init_kwargs": {"token": "<redacted>", "revision": "main"}, "note": "key <redacted>"}
+    argv = ["--hub_token", "hf_CLISECRET456", "--hub-token=abc", "--model_init_kwargs", '{"token": "hf_NESTED7890"}',
+            "--learning_rate", "1e-4"]
+    redacted = redact_argv(argv)
+    assert "hf_CLISECRET456" not in str(redacted) and "abc" not in str(redacted) and "hf_NESTED7890" not in str(redacted)
+    assert redacted[-2:] == ["--learning_rate", "1e-4"]

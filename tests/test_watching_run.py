@@ -169,3 +169,40 @@ def test_health_monitor_stop_ends_training_at_the_first_alarm_and_records_it(tin
     assert result["health"]["stopped_at_step"] == 1 and result["steps"] == 1
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     assert any(step.get("health/alarms/nrows") == 1 for step in read_run(run_dir)["history"])
+
+
+def test_no_secret_reaches_the_wandb_run_or_its_logs(tiny_model_dir, tmp_path, offline_wandb, monkeypatch):
+    import sys
+
+    out = tmp_path / "run"
+    args = [*quick(tiny_model_dir, out, "--dataset_name", str(FIXTURE), "--max_steps", "1", "--report_to", "wandb"),
+            "--hub_token", "hf_CLISECRET456", "--model_init_kwargs", '{"token": "hf_NESTEDSECRET789"}']
+    monkeypatch.setattr(sys, "argv", ["recipes/dpo_lora.py", *args])  # what W&B records as the program's arguments
+    dpo(*args)
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert b"CLISECRET456" not in data and b"NESTEDSECRET789" not in data, path
+    assert read_run(run_dir)["config"]["model_init_kwargs"]["token"] == "<redacted>"
+
+
+def test_flags_in_dash_spelling_are_the_same_flags(tmp_path):
+    recipe_args, training_args, _ = parse_recipe_args(
+        load_recipe("dpo_lora").DEFAULT_CONFIG, ["--dataset-name", str(FIXTURE), "--learning-rate=0.01"])
+    assert recipe_args.dataset_name == str(FIXTURE) and recipe_args.min_chosen_chars == 50  # no identity YAML
+    assert training_args.output_dir == "outputs/dpo-lora-pairs"
+    assert recipe_args.value_sources["learning_rate"] == "cli"
+    with pytest.raises(DPORecipesError, match="learning_rat"):  # an abbreviation is refused, not guessed
+        parse_recipe_args(None, ["--dataset_name", str(FIXTURE), "--learning_rat", "0.01"])
+
+
+def test_a_resumed_run_keeps_the_alarms_raised_before_its_checkpoint(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    common = quick(tiny_model_dir, out, "--dataset_name", str(FIXTURE), "--learning_rate", "1e-12", "--save_steps", "1",
+                   "--health_thresholds", "no_learning_after_steps=0,no_learning_logs=1,no_learning_accuracy_band=0.5")
+    dpo(*common, "--max_steps", "2", "--health_monitor", "stop")
+    assert summary(out)["health"]["stopped_at_step"] == 1
+    dpo(*common, "--max_steps", "3")  # resumes from checkpoint-1, in warn mode
+    health = summary(out)["health"]
+    assert [(a["kind"], a["step"], a.get("before_resume")) for a in health["alarms"]] == [("no_learning", 1, True)]
