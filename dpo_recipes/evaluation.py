@@ -129,6 +129,51 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
     }
 
 
+def general_kl(model, tokenizer, before: EvalResult, batch_size: int = 8) -> float | None:
+    """How far training moved the model on general prompts: the mean per-token KL(trained || base), in nats,
+    teacher-forced on the base model's own greedy answers to the held-out general prompts (`before.answers`).
+
+    A string check ('unchanged' answers) sees only the greedy path; this sees the whole next-token distribution at
+    every answer position, so small drifts count and reworded-but-equal answers do not. The base is the model with its
+    LoRA adapter disabled, so it needs a PEFT model; None otherwise (a full-parameter run keeps no base copy), and None
+    without general prompts or answers.
+    """
+    import torch.nn.functional as F
+
+    general = [i for i, p in enumerate(before.prompts) if p["kind"] == "general" and before.answers[i]]
+    if not general or not hasattr(model, "disable_adapter"):
+        return None
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for start in range(0, len(general), batch_size):
+        chunk = general[start:start + batch_size]
+        prompt_ids = [tokenizer(render_prompt(tokenizer, before.prompts[i]["prompt"]), add_special_tokens=False)
+                      ["input_ids"] for i in chunk]
+        answer_ids = [tokenizer(before.answers[i], add_special_tokens=False)["input_ids"] for i in chunk]
+        width = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        scored = torch.zeros_like(ids, dtype=torch.bool)  # positions whose next token is an answer token
+        for row, (p, a) in enumerate(zip(prompt_ids, answer_ids)):
+            ids[row, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[row, :len(p) + len(a)] = 1
+            scored[row, len(p) - 1:len(p) + len(a) - 1] = True
+        ids, mask, scored = ids.to(device), mask.to(device), scored.to(device)
+        with torch.no_grad():
+            trained = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            with model.disable_adapter():
+                base = F.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        kl = (trained.exp() * (trained - base)).sum(-1)
+        total += float(kl[scored].sum())
+        tokens += int(scored.sum())
+    if was_training:
+        model.train()
+    return total / tokens if tokens else None
+
+
 def before_after_table(before: EvalResult, after: EvalResult, width: int = 60) -> str:
     """A plain-text table of prompt / before / after, marking hits (+), leaks (!) and loops (~)."""
 

@@ -708,12 +708,17 @@ def speed_levers(trainer) -> dict:
 
 def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch: Watch | None = None,
            plots: bool = True) -> None:
-    """Write summary.json (with the health monitor's alarms, the answers' checks included) and the before/after
-    answers, draw the plots, close the W&B run, then mark the run finished: a rerun of the same command then trains
-    nothing. Only the main process writes."""
+    """Write summary.json (with the drift on general prompts, `evaluation.general_kl`, and the health monitor's
+    alarms, the answers' checks included) and the before/after answers, draw the plots, close the W&B run, then mark
+    the run finished: a rerun of the same command then trains nothing. Only the main process writes."""
     from dpo_recipes.tracking import finish_wandb_run, write_summary
 
     set_stage("finished")
+    if before is not None and before.prompts:  # every process: a ZeRO-3 forward needs all of them
+        from dpo_recipes.evaluation import general_kl
+
+        set_stage("measuring the drift on general prompts")
+        summary["general_kl_per_token"] = general_kl(trainer.model, trainer.processing_class, before)
     monitor = watch.monitor if watch is not None else None
     if monitor is not None and before is not None and after is not None and before.prompts:
         monitor.check_answers(before, after, trainer.state.global_step)

@@ -49,3 +49,36 @@ def test_load_eval_prompts_names_file_line_and_field(tmp_path):
     assert load_eval_prompts(str(path)) == [{"prompt": "ok", "kind": "identity"}]
     with pytest.raises(DPORecipesError, match="cannot read"):
         load_eval_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def test_general_kl_is_zero_for_an_untouched_adapter_and_matches_a_direct_computation(tiny_model_dir):
+    import torch
+    import torch.nn.functional as F
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_recipes.evaluation import EvalResult, general_kl, render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    before = EvalResult([{"prompt": "hi there", "kind": "general"}, {"prompt": "who", "kind": "identity"},
+                         {"prompt": "a longer question?", "kind": "general"}], ["abc d", "me", "xyz"])
+    assert general_kl(model, tokenizer, before) == pytest.approx(0.0, abs=1e-7)  # LoRA B starts at zero
+    torch.manual_seed(0)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    expected, count = 0.0, 0
+    for prompt, answer in (("hi there", "abc d"), ("a longer question?", "xyz")):  # one pair at a time, no padding
+        p = tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p + a])
+        with torch.no_grad():
+            trained = F.log_softmax(model(ids).logits[0, len(p) - 1:-1], -1)
+            with model.disable_adapter():
+                base = F.log_softmax(model(ids).logits[0, len(p) - 1:-1], -1)
+        expected += float((trained.exp() * (trained - base)).sum())
+        count += len(a)
+    assert general_kl(model, tokenizer, before, batch_size=2) == pytest.approx(expected / count, rel=1e-4)
+    assert general_kl(model.get_base_model(), tokenizer, before) is None  # no adapter to disable: no base to compare
