@@ -18,6 +18,18 @@ from dpo_recipes.pairs.prompts import as_prompt_rows
 FAST = dict(max_new_tokens=6, batch_size=2, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a machine shared with other jobs two threads that wait
+    for each other made these tests several times slower; the setting is restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def student():
     tok = tiny_tokenizer()
@@ -186,7 +198,7 @@ def test_a_killed_run_resumes_to_the_rows_of_an_uninterrupted_one_without_duplic
     with pytest.raises(Killed):
         make_pairs(model, tok, prompts(7), work_file=work, on_batch=kill_after(1), **BEST)
     assert len(work_lines(work)) == 2  # the header and the first batch
-    with pytest.raises(Killed):  # the second run is killed too, halfway through writing its batch
+    with pytest.raises(Killed):  # the rerun is killed too, after batch 3; then a kill mid-write leaves a torn line
         make_pairs(model, tok, prompts(7), work_file=work, on_batch=kill_after(3), **BEST)
     with open(work, "a") as f:
         f.write('{"batch": [{"i": 6, "h": "tor')
@@ -195,6 +207,19 @@ def test_a_killed_run_resumes_to_the_rows_of_an_uninterrupted_one_without_duplic
     indices = [r["i"] for line in work_lines(work)[1:] for r in line["batch"]]
     assert sorted(indices) == list(range(7))
     assert work_lines(work)[1:] == work_lines(tmp_path / "whole.work.jsonl")[1:]
+
+
+def test_a_second_run_on_a_work_file_in_use_is_refused_and_a_torn_header_starts_afresh(tmp_path):
+    from dpo_recipes.pairs.workfile import WorkFile
+
+    path, header = tmp_path / "w.work.jsonl", {"mode": "best-of-n"}
+    with WorkFile(path, header):
+        with pytest.raises(DPORecipesError, match="another run is writing this work file now"):
+            WorkFile(path, header)
+    path.write_text('{"header": {"mo')  # killed while writing the header
+    with WorkFile(path, header) as work:
+        work.append([{"i": 0, "h": "x"}])
+    assert work_lines(path) == [{"header": {"version": 1, "mode": "best-of-n"}}, {"batch": [{"i": 0, "h": "x"}]}]
 
 
 def test_sampling_is_seeded_per_prompt_index_and_sample_not_by_batch_neighbours(student, tmp_path):
@@ -297,3 +322,17 @@ def test_recipe_makes_pairs_resumes_and_refuses_in_one_line(tiny_model_dir, tmp_
     (tmp_path / "checks.py").write_text("def ok(prompt, answer, row):\n    return True\n")
     err = fails("--overwrite", "true", "--verifier", f"{tmp_path / 'checks.py'}:ok")
     assert err.startswith("error: all 4 answers were correct: no pair to make") and not out.exists()
+
+
+def test_the_default_config_applies_only_without_a_prompts_file_in_any_spelling():
+    from conftest import ROOT
+
+    from dpo_recipes.pairs.config import parse_pairs_args
+
+    default = ROOT / "recipes" / "configs" / "make_pairs.yaml"
+    assert parse_pairs_args(default, argv=[]).verifier == "numeric"
+    own = parse_pairs_args(default, argv=["--prompts-file", "p.jsonl", "--output_file=o.jsonl"])
+    assert (own.prompts_file, own.output_file, own.verifier, own.rewrite_template) == ("p.jsonl", "o.jsonl", "exact",
+                                                                                        None)
+    with pytest.raises(DPORecipesError, match="Pass --prompts_file"):
+        parse_pairs_args(None, argv=["--prompts_file", "p.jsonl"])

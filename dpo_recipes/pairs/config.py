@@ -68,12 +68,16 @@ def parse_pairs_args(default_config: str | Path | None = None, argv: list[str] |
     """Parse `argv`: YAML (`--config`, or `default_config` when neither --config nor --prompts_file is given) < CLI."""
     from trl import TrlParser
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from dpo_recipes.config import canonical_flags
+
+    parser = TrlParser((PairsArguments,))
+    parser.error = _refuse
+    # '--prompts-file X' and '--prompts_file X' are one flag, and abbreviations are refused: the default YAML must
+    # not apply under a prompts file given in another spelling.
+    argv = canonical_flags(parser, list(sys.argv[1:] if argv is None else argv))
     if default_config is not None and "--config" not in argv and not any(
             a == "--prompts_file" or a.startswith("--prompts_file=") for a in argv):
         argv = ["--config", str(default_config), *argv]
-    parser = TrlParser((PairsArguments,))
-    parser.error = _refuse
     try:
         (args,) = parser.parse_args_and_config(argv)
     except (ValueError, OSError) as exc:

@@ -155,7 +155,7 @@ def _answer_batch(batch, mode, model, tokenizer, verifier, scorer, settings, tea
         if teacher is not None and failed:
             t_model, t_tokenizer = teacher
             t_answers = generate(t_model, t_tokenizer, [r.prompt for r, _ in failed],
-                                 wheres=[r.where for r, _ in failed], max_new_tokens=settings["max_new_tokens"])
+                                 wheres=[r.where for r, _ in failed], **gen)
             for (row, rec), answer in zip(failed, t_answers):
                 rec["teacher_score"], rec["teacher_passed"] = verifier.verdict(row, answer)
                 rec["teacher"] = answer
@@ -221,23 +221,22 @@ def make_pairs(model, tokenizer, prompts, *, mode: str = "correction", verifier=
            if mode == "correction" else
            {"k": k, "seed": seed, "temperature": temperature, "top_p": top_p, "scorer": scorer.describe()}),
     }
-    work = WorkFile(work_file, settings, overwrite=overwrite)
-    work.check_rows({r.index: r for r in rows})
-
-    stats: dict = {}
-    batches = [eligible[s:s + batch_size] for s in range(0, len(eligible), batch_size)]
-    done = sum(r.index in work.records for r in eligible)
-    start = time.perf_counter()
-    with tqdm(total=len(eligible), initial=done, unit="prompt", desc=f"{mode} answers", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for number, batch in enumerate(batches, 1):
-            todo = [r for r in batch if r.index not in work.records]
-            if not todo:
-                continue
-            work.append(_answer_batch(todo, mode, model, tokenizer, verifier, scorer, settings, teacher, stats))
-            bar.update(len(todo))
-            if on_batch is not None:
-                on_batch(number, sum(r.index in work.records for r in eligible))
+    with WorkFile(work_file, settings, overwrite=overwrite) as work:
+        work.check_rows({r.index: r for r in rows})
+        stats: dict = {}
+        batches = [eligible[s:s + batch_size] for s in range(0, len(eligible), batch_size)]
+        done = sum(r.index in work.records for r in eligible)
+        start = time.perf_counter()
+        with tqdm(total=len(eligible), initial=done, unit="prompt", desc=f"{mode} answers", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for number, batch in enumerate(batches, 1):
+                todo = [r for r in batch if r.index not in work.records]
+                if not todo:
+                    continue
+                work.append(_answer_batch(todo, mode, model, tokenizer, verifier, scorer, settings, teacher, stats))
+                bar.update(len(todo))
+                if on_batch is not None:
+                    on_batch(number, sum(r.index in work.records for r in eligible))
     stats["generation_seconds"] = time.perf_counter() - start - stats.get("scoring_seconds", 0.0)
     return _pair_up(rows, eligible, work.records, mode, chosen_source, rewrite_template, verifier, min_margin, fmt,
                     settings, stats)

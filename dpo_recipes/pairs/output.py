@@ -55,7 +55,8 @@ def save_pairs(result: PairsResult, out: str | Path, extra: dict | None = None):
     """Write the pairs, validate them as training would read them, save report and summary.
 
     Returns (summary dict, `ValidationReport`). `extra`: more keys for the summary (e.g. the recipe's arguments).
-    An empty result writes only the summary and raises `DPORecipesError` with `result.why_empty()`.
+    An empty result writes only the summary and raises `DPORecipesError` with `result.why_empty()` (pairs an earlier
+    run wrote to `out` are left, and the message says so).
     """
     from dpo_recipes.data import ValidationConfig, load_preference_data
 
@@ -66,7 +67,8 @@ def save_pairs(result: PairsResult, out: str | Path, extra: dict | None = None):
     if not result.rows:
         summary["error"] = result.why_empty()
         write_json_atomic(paths.summary, summary)
-        raise DPORecipesError(summary["error"])
+        stale = f" {paths.out} is from an earlier run and was left as it was." if paths.out.exists() else ""
+        raise DPORecipesError(summary["error"] + stale)
     write_jsonl_atomic(paths.out, result.rows)
     data = load_preference_data(str(paths.out), validation="strict", config=ValidationConfig(**PAIR_RULES), min_rows=0)
     data.report.save(paths.report)

@@ -6,7 +6,9 @@ each later line is one finished batch, `{"batch": [record, ...]}`, each record k
 its row hash `h`. A batch is written as one line then flushed and fsync'd, so a kill leaves whole batches and at most
 one torn last line, which the next run drops. A rerun with other settings, or over an edited prompt, is refused in
 one line (`overwrite=True` starts the file again). Settings that only turn answers into pairs (min_margin, the
-rewrite template, the output format) are not in the header: changing them reuses the answers.
+rewrite template, the output format) are not in the header: changing them reuses the answers. A run holds an
+exclusive lock (flock) on its work file, so a second run on the same output is refused instead of appending the same
+batches twice.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX: no lock
+    fcntl = None
 
 from dpo_recipes.errors import DPORecipesError
 
@@ -35,19 +42,41 @@ class WorkFile:
         self.path = Path(path) if path is not None else None
         self.header = {"version": VERSION, **header}
         self.records: dict[int, dict] = {}
+        self._handle = None
         if self.path is None:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if overwrite:
             self.path.unlink(missing_ok=True)
-        if self.path.exists():
+        self._handle = open(self.path, "a+b")  # created empty when missing
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.close()
+                raise DPORecipesError(f"{self.path}: another run is writing this work file now; wait for it to end "
+                                      "or use another --output_file.") from None
+        try:
             self._read()
-        if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_line({"header": self.header}, mode="x")
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (the file stays: a rerun resumes from it)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _read(self) -> None:
-        with open(self.path, "rb") as f:
-            lines = f.read().split(b"\n")
+        self._handle.seek(0)
+        lines = self._handle.read().split(b"\n")
         good = 0  # bytes of whole, valid lines
         parsed = []
         for line in lines[:-1]:  # the part after the last newline is torn (or empty)
@@ -56,19 +85,18 @@ class WorkFile:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 break
             good += len(line) + 1
-        if not parsed or "header" not in parsed[0]:
-            if parsed:
-                raise DPORecipesError(f"{self.path}: not a pair-making work file (no header line); move it away or "
-                                      "pass --overwrite.")
-            self.path.unlink()  # killed while writing the header: nothing was answered yet
+        if parsed and "header" not in parsed[0]:
+            raise DPORecipesError(f"{self.path}: not a pair-making work file (no header line); move it away or pass "
+                                  "--overwrite.")
+        if not parsed:  # new, or killed while writing the header: nothing was answered yet
+            self._handle.truncate(0)
+            self._write_line({"header": self.header})
             return
         self._check_header(parsed[0]["header"])
         for entry in parsed[1:]:
             for record in entry.get("batch", []):
                 self.records[record["i"]] = record
-        if good < sum(len(x) + 1 for x in lines[:-1]) + len(lines[-1]):
-            with open(self.path, "r+b") as f:  # drop the torn tail before appending after it
-                f.truncate(good)
+        self._handle.truncate(good)  # drop a torn tail before appending after it
 
     def _check_header(self, old: dict) -> None:
         keys = sorted(set(old) | set(self.header), key=lambda k: (k not in self.header, k))
@@ -86,15 +114,15 @@ class WorkFile:
                 raise DPORecipesError(f"{self.path} holds an answer to another version of the prompt at {row.where} "
                                       "(the prompts file changed); pass --overwrite to start again.")
 
-    def _write_line(self, obj: dict, mode: str = "a") -> None:
-        with open(self.path, mode, encoding="utf-8") as f:
-            f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+    def _write_line(self, obj: dict) -> None:
+        self._handle.seek(0, os.SEEK_END)
+        self._handle.write((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
 
     def append(self, records: list[dict]) -> None:
         """Record a finished batch: one line, flushed and fsync'd before returning."""
-        if self.path is not None:
+        if self._handle is not None:
             self._write_line({"batch": records})
         for record in records:
             self.records[record["i"]] = record
