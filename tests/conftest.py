@@ -19,6 +19,18 @@ def reference_cache_in_a_temporary_folder(tmp_path_factory):
     os.environ["DPO_RECIPES_REFERENCE_CACHE"] = str(tmp_path_factory.mktemp("reference-logps"))
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from a second thread, and on a machine shared with other jobs two threads that wait
+    for each other made these tests several times slower; the setting is restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load_recipe(name: str):
     """Import recipes/NAME.py as a module (recipes are scripts, not a package)."""
     spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")

@@ -18,16 +18,7 @@ from dpo_recipes.pairs.prompts import as_prompt_rows
 FAST = dict(max_new_tokens=6, batch_size=2, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a machine shared with other jobs two threads that wait
-    for each other made these tests several times slower; the setting is restored after each test."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

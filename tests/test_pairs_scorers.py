@@ -14,16 +14,7 @@ from dpo_recipes.pairs.generate import generate
 from dpo_recipes.pairs.prompts import as_prompt_rows
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a machine shared with other jobs two threads that wait
-    for each other made these tests several times slower; the setting is restored after each test."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_reward_model(path, num_labels: int = 1, chat_template: bool = True, pickled: bool = False) -> str:
