@@ -243,15 +243,13 @@ def _check_push_to_hub(training_args) -> None:
 
     if constants.HF_HUB_OFFLINE:
         raise DPORecipesError("--push_to_hub true, but HF_HUB_OFFLINE is set: unset it, or drop --push_to_hub.")
-    import socket
     from urllib.parse import urlparse
 
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError:
-        raise DPORecipesError(f"--push_to_hub true, but {host} does not answer from this machine: push later with "
-                              "`huggingface-cli upload`, or drop --push_to_hub.") from None
+    from dpo_recipes.tracking import server_answers
+
+    if not server_answers(constants.ENDPOINT, timeout=5):
+        raise DPORecipesError(f"--push_to_hub true, but {urlparse(constants.ENDPOINT).hostname} does not answer from "
+                              "this machine: push later with `huggingface-cli upload`, or drop --push_to_hub.")
 
 
 def _is_dpo(training_args) -> bool:

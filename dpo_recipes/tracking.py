@@ -39,14 +39,15 @@ def _wandb_has_credentials() -> bool:
         return False
 
 
-def _wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether the W&B server answers a TCP connection within `timeout` seconds (no request is sent)."""
+def server_answers(url: str, timeout: float = 3.0) -> bool:
+    """Whether the server of `url` accepts a TCP connection within `timeout` seconds (no request is sent)."""
     import socket
     from urllib.parse import urlparse
 
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    parsed = urlparse(url)
     try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+        with socket.create_connection((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)),
+                                      timeout):
             return True
     except OSError:
         return False
@@ -71,7 +72,7 @@ def prepare_wandb(report_to: list[str] | str | None, output_dir: str) -> str | N
     if "WANDB_MODE" not in os.environ:
         if not _wandb_has_credentials():
             os.environ["WANDB_MODE"] = "offline"
-        elif not _wandb_reachable():
+        elif not server_answers(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")):
             os.environ["WANDB_MODE"] = "offline"
             logger.warning("W&B key found, but %s does not answer: logging offline instead.",
                            os.environ.get("WANDB_BASE_URL", "api.wandb.ai"))

@@ -159,8 +159,6 @@ class RecipeDPOTrainer(DPOTrainer):
 
     def _get_eval_sampler(self, eval_dataset):
         """The held-out pairs grouped by length too (Trainer's own grouping would fail as for training)."""
-        import torch
-
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         sampler = self._length_grouped(eval_dataset, self.args.eval_batch_size, torch.Generator().manual_seed(seed))
         return sampler if sampler is not None else super()._get_eval_sampler(eval_dataset)
