@@ -21,6 +21,7 @@ The LoRA reference (`--reference`):
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from trl import DPOConfig, ModelConfig, get_peft_config
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.jsonio import write_file_atomic, write_json_atomic
 from dpo_recipes.pairs import build_scorer, build_verifier, heldout_score, load_prompts, make_pairs, save_pairs
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.tracking import save_log_history
@@ -82,8 +84,6 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
         if not args.overwrite_output_dir:
             raise DPORecipesError(f"{out} is not empty; iterative runs do not resume yet: pass --overwrite_output_dir "
                                   "true or a new --output_dir.")
-        import shutil
-
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -139,7 +139,7 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
     summary = {"reference": args.reference, "pairs_mode": args.pairs_mode, "k": args.k,
                "heldout_prompts": len(heldout), "heldout_score_by_round": scores,
                "gain_points": round(100 * (scores[-1] - scores[0]), 1), "rounds": rounds}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary)
     plot_scores(scores, out / "heldout.png")
     print(f"held-out score by round: {' -> '.join(f'{s:.2f}' for s in scores)}; outputs in {out}")
     return summary
@@ -156,7 +156,7 @@ def plot_scores(scores: list[float], path: Path) -> None:
     ax.set_xticks(range(len(scores)))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_file_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))  # never a half-written PNG
 
 
 def parse(argv: list[str] | None = None):
