@@ -300,9 +300,11 @@ def test_ctrl_c_prints_one_line_with_where_to_resume(tiny_model_dir, tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob("checkpoint-*")) and time.monotonic() < deadline and proc.poll() is None:
+        # a complete checkpoint: Trainer writes trainer_state.json last, and one without it is not resumed from
+        while not list(out.glob("checkpoint-*/trainer_state.json")) and time.monotonic() < deadline \
+                and proc.poll() is None:
             time.sleep(0.2)
-        assert list(out.glob("checkpoint-*")), "no checkpoint appeared"
+        assert list(out.glob("checkpoint-*/trainer_state.json")), "no checkpoint appeared"
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
