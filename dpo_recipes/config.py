@@ -138,6 +138,11 @@ class RecipeArguments(ScriptArguments):
         default=0.01, metadata={"help": "R-DPO length coefficient per completion token (Park et al. 2024, eq. 9); "
                                      "`dpo-recipes audit --tokenizer ...` suggests one for your data."}
     )
+    anchor_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the anchor term: on pairs marked anchor: true (general answers to "
+                                       "keep), the mean per-token 1/2 (log pi - log pi_ref)^2 on the chosen side, an "
+                                       "estimate of the drift from the reference there. 0: off."}
+    )
 
     # --- validation thresholds (dpo_recipes.data.ValidationConfig) ------------------------------------------------
     min_chosen_chars: int = field(default=50, metadata={"help": "Drop pairs whose chosen text is shorter (chars)."})

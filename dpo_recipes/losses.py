@@ -14,6 +14,10 @@ The two variants only move the logit:
 A note on a tempting but useless alternative: adding lambda * E[|y_w| - |y_l|] to the DPO loss outside the sigmoid
 adds a constant of the data. Its gradient with respect to the policy is zero, so it changes nothing. R-DPO works because
 its length term sits inside the sigmoid, where it changes each pair's weight in the gradient.
+
+One function works per token instead: `anchor_k2`, the drift penalty on anchor pairs (general answers the model must
+keep), 1/2 (log pi(y_t) - log pi_ref(y_t))^2 per completion token: the k2 estimator of KL(pi || pi_ref) from
+Schulman's "Approximating KL divergence" (2020), low-variance, never negative, zero exactly when the two agree.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["dpo_logratio", "odpo_offset", "odpo_loss", "rdpo_length_margin", "rdpo_loss"]
+__all__ = ["anchor_k2", "dpo_logratio", "odpo_offset", "odpo_loss", "rdpo_length_margin", "rdpo_loss"]
 
 
 def dpo_logratio(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
@@ -85,3 +89,18 @@ def rdpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Te
     h = dpo_logratio(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     margin = rdpo_length_margin(chosen_lengths.to(h.dtype), rejected_lengths.to(h.dtype), alpha=alpha)
     return -F.logsigmoid(beta * h + margin)
+
+
+def anchor_k2(policy_token_logps: torch.Tensor, ref_token_logps: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence: the mean over its completion tokens of 1/2 (log pi(y_t) - log pi_ref(y_t))^2.
+
+    Inputs are per-token log-probs of the tokens in the sequence, `[batch, tokens]`, and the completion mask of the
+    same shape (1 where the token is part of the answer). The result is `[batch]`; a sequence without completion
+    tokens gives 0. Teacher-forced on the reference's own answers (an anchor's chosen side is the base model's
+    answer), this is Schulman's k2 estimator of KL(pi || pi_ref) at those positions: its gradient pulls each
+    answer token's log-probability back to the reference's, from either side, and vanishes where they agree.
+    """
+    mask = mask.to(policy_token_logps.dtype)
+    delta = (policy_token_logps - ref_token_logps) * mask
+    return 0.5 * (delta ** 2).sum(dim=1) / mask.sum(dim=1).clamp_min(1)

@@ -176,7 +176,9 @@ def reference_settings(s: Setup):
         (s.zero_stage == 3, "ZeRO-3 shards the weights: no honest key"),
         (fsdp_requested(), "FSDP shards the weights: no honest key"),
         (s.peft and s.model_args.lora_modules_to_save,
-         "lora_modules_to_save trains base modules next to the adapter: the reference drifts")]
+         "lora_modules_to_save trains base modules next to the adapter: the reference drifts"),
+        (s.recipe_args.anchor_coef, "anchor_coef: the anchor term needs the reference per token, the cache keeps "
+         "totals")]
     off = next((why for applies, why in reasons if applies), None)
     if off:
         level = "ignored" if s.configured("reference_cache") else "note"
@@ -290,7 +292,7 @@ def training_arguments(s: Setup):
             yield s.find("error", "train_sampling_strategy", "TRL refuses it for KTO: the KL completions are paired "
                          "with their neighbours in a fixed-order batch.", "sequential (KTOConfig's default).")
     if s.trainer != "dpo":
-        for name in ("share_prompts", "reference_cache", "odpo_alpha", "odpo_ratio", "rdpo_alpha"):
+        for name in ("share_prompts", "reference_cache", "odpo_alpha", "odpo_ratio", "rdpo_alpha", "anchor_coef"):
             if s.configured(name):
                 yield s.find("ignored", name, f"a RecipeDPOTrainer setting; recipes/{s.recipe}.py runs TRL's "
                              f"{s.trainer.upper()}Trainer, which has no such option.", "drop it.")

@@ -31,7 +31,7 @@ from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.losses import dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
+from dpo_recipes.losses import anchor_k2, dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
 from dpo_recipes.shared_prompt import install as install_shared_prompt
 from dpo_recipes.shared_prompt import shared_prompts
 
@@ -39,10 +39,12 @@ logger = logging.getLogger(__name__)
 
 LOSS_HOOKS = ("odpo", "rdpo")
 SCORE_COLUMNS = ("score_chosen", "score_rejected")
+ROW_COLUMNS = (*SCORE_COLUMNS, "anchor")  # per-pair values the hooks read; never model inputs
 
 
 class ScoreCollator:
-    """Wrap a preference collator so each batch also carries `score_chosen`/`score_rejected` (float64, [batch]).
+    """Wrap a preference collator so each batch also carries `score_chosen`/`score_rejected` (float64, [batch]) and
+    `anchor` (bool, [batch]) where the dataset has them.
 
     TRL's `DataCollatorForPreference` builds only token tensors and ignores every other column.
     """
@@ -55,6 +57,8 @@ class ScoreCollator:
         for column in SCORE_COLUMNS:
             if column in examples[0]:
                 batch[column] = torch.tensor([float(example[column]) for example in examples], dtype=torch.float64)
+        if "anchor" in examples[0]:
+            batch["anchor"] = torch.tensor([bool(example["anchor"]) for example in examples])
         return batch
 
 
@@ -99,6 +103,14 @@ class RecipeDPOTrainer(DPOTrainer):
         odpo_alpha: ODPO offset scale alpha; the offset is alpha * log(s_w - s_l). Paper default 1.0.
         odpo_ratio: use log(s_w / s_l) as the offset instead (scores must then be positive).
         rdpo_alpha: R-DPO length coefficient per completion token, added as alpha * (|y_w| - |y_l|) to the logit.
+        anchor_coef: weight of the anchor term (0: off). Pairs marked `anchor` in the dataset hold a general answer
+            the model must keep as its chosen side (the base model's own answer); the term adds, per anchor pair, the
+            mean over its chosen tokens of 1/2 (log pi - log pi_ref)^2 (`losses.anchor_k2`, an estimate of the KL to
+            the reference there), averaged over the batch's anchor pairs. It holds the model to the reference on
+            general prompts while DPO moves it on the rest. Needs the reference per token: refused with
+            `precompute_ref_log_probs`, and the `reference_cache` turns itself off. Works with or without a
+            `loss_hook`. TRL's `sft` term (when in `loss_type`) then covers the non-anchor pairs only: on an anchor
+            it would sharpen the model on its own general answer, a drift of its own.
         reference_cache: a folder for the reference's log-probs per pair (`dpo_recipes.reference_cache`): later
             epochs and later runs on the same pairs and model skip the reference forward. None: TRL's behaviour.
         share_prompts: run each pair's shared prompt through the model once (`dpo_recipes.shared_prompt`: the same
@@ -108,11 +120,14 @@ class RecipeDPOTrainer(DPOTrainer):
     The hook replaces the `sigmoid` entry of `args.loss_type` (keeping its weight in `args.loss_weights`); other
     entries, e.g. `sft`, are added as TRL computes them. Metrics logged next to TRL's: `odpo/offset` (mean alpha *
     log-gap), `odpo/accuracy` (share of pairs with beta * h above their offset), `rdpo/length_diff` (mean
-    |y_w| - |y_l|, tokens), `rdpo/length_margin` (mean alpha * (|y_w| - |y_l|)), and `<hook>/loss`.
+    |y_w| - |y_l|, tokens), `rdpo/length_margin` (mean alpha * (|y_w| - |y_l|)), and `<hook>/loss`. With anchors:
+    `anchor/k2` (the term before its weight, per anchor pair) and `anchor/logratio` (mean log pi - log pi_ref per anchor
+    token: below 0 when the model moves away from the general answers).
     """
 
     def __init__(self, *args, loss_hook: str | None = None, odpo_alpha: float = 1.0, odpo_ratio: bool = False,
-                 rdpo_alpha: float = 0.0, share_prompts: bool = True, reference_cache: str | None = None, **kwargs):
+                 rdpo_alpha: float = 0.0, share_prompts: bool = True, reference_cache: str | None = None,
+                 anchor_coef: float = 0.0, **kwargs):
         if loss_hook not in (None, *LOSS_HOOKS):
             raise DPORecipesError(f"loss_hook={loss_hook!r} is not a hook; use one of {list(LOSS_HOOKS)} or leave it "
                                   "unset for TRL's own loss types.")
@@ -120,6 +135,9 @@ class RecipeDPOTrainer(DPOTrainer):
         self.odpo_alpha = odpo_alpha
         self.odpo_ratio = odpo_ratio
         self.rdpo_alpha = rdpo_alpha
+        self.anchor_coef = float(anchor_coef)
+        if self.anchor_coef:
+            check_anchor_config(self.anchor_coef, kwargs.get("train_dataset", args[4] if len(args) > 4 else None))
         if loss_hook is not None:
             # DPOTrainer's positional order: model, ref_model, args, data_collator, train_dataset, eval_dataset, ...
             config = kwargs.get("args", args[2] if len(args) > 2 else None)
@@ -144,7 +162,12 @@ class RecipeDPOTrainer(DPOTrainer):
             check_hook_config(loss_hook, self.args)  # args may have been None above: TRL built a default
             if self._is_vision_dataset:
                 raise DPORecipesError("loss_hook works on text preference data only; this dataset has images.")
-        if loss_hook == "odpo":
+        if self.anchor_coef and (self.precompute_ref_logps or self._is_vision_dataset):
+            raise DPORecipesError(
+                f"anchor_coef={self.anchor_coef:g} compares the model with the reference token by token, but "
+                + ("precompute_ref_log_probs keeps only each answer's total; set precompute_ref_log_probs: false."
+                   if self.precompute_ref_logps else "this dataset has images; anchors work on text only."))
+        if loss_hook == "odpo" or self.anchor_coef:
             self.data_collator = ScoreCollator(self.data_collator)
         self.reference_cache = self._open_reference_cache(reference_cache) if reference_cache else None
 
@@ -178,11 +201,13 @@ class RecipeDPOTrainer(DPOTrainer):
         super()._set_signature_columns_if_needed()
         if self.loss_hook == "odpo":
             self._signature_columns = [*self._signature_columns, *SCORE_COLUMNS]
+        if self.anchor_coef:
+            self._signature_columns = [*self._signature_columns, "anchor"]
 
     def compute_ref_log_probs(self, model, inputs):
-        # TRL passes every non-token key of the batch to the model; the scores are not model inputs.
+        # TRL passes every non-token key of the batch to the model; the scores and anchor flags are not model inputs.
         with self._sharing_prompts():
-            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS})
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in ROW_COLUMNS})
 
     @contextlib.contextmanager
     def _sharing_prompts(self):
@@ -231,7 +256,8 @@ class RecipeDPOTrainer(DPOTrainer):
         from dpo_recipes.reference_cache import ReferenceCache, reference_key
 
         if (self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled
-                or getattr(self.args, "sync_ref_model", False)):  # a reference that changes has no stable key
+                or getattr(self.args, "sync_ref_model", False)  # a reference that changes has no stable key
+                or self.anchor_coef):  # the anchor term reads the reference per token; the cache keeps totals
             return None
         reference = self.accelerator.unwrap_model(self.ref_model or self.model)
         if any(p.numel() == 0 for p in reference.parameters()):  # ZeRO-3 partitioned: no honest key
@@ -277,19 +303,72 @@ class RecipeDPOTrainer(DPOTrainer):
 
     def _compute_loss_with_hook(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
-        inputs = {k: v for k, v in inputs.items() if k not in SCORE_COLUMNS}
-        if self.loss_hook is None:
+        anchors = inputs.get("anchor")
+        inputs = {k: v for k, v in inputs.items() if k not in ROW_COLUMNS}
+        if self.loss_hook is None and not self.anchor_coef:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-        sigmoid_index = self.loss_types.index("sigmoid")
-        sigmoid_weight = self.loss_weights[sigmoid_index]
-        with self._record_log_probs(model) as records, self._without_sigmoid_term(sigmoid_index):
+        replaced = ["sigmoid"] if self.loss_hook else []
+        if self.anchor_coef and "sft" in self.loss_types:
+            replaced.append("sft")  # taken over the non-anchor pairs below
+        with self._record_log_probs(model) as records, self._without_terms(replaced):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = result if return_outputs else (result, None)
 
-        hook_loss = self._hook_loss(records, inputs, scores)
-        loss = loss + hook_loss.mean() * sigmoid_weight
+        if self.loss_hook is not None:
+            hook_loss = self._hook_loss(records, inputs, scores)
+            loss = loss + hook_loss.mean() * self.loss_weights[self.loss_types.index("sigmoid")]
+        if self.anchor_coef:
+            loss = loss + self.anchor_coef * self._anchor_loss(records, inputs, anchors)
+            if "sft" in replaced:
+                loss = loss + self.loss_weights[self.loss_types.index("sft")] * self._sft_without_anchors(
+                    records, inputs, anchors)
         return (loss, outputs) if return_outputs else loss
+
+    def _sft_without_anchors(self, records, inputs: dict[str, Any], anchors: torch.Tensor) -> torch.Tensor:
+        """TRL's `sft` term (minus the mean log-prob over the batch's chosen tokens) over the non-anchor pairs only.
+
+        On an anchor, SFT would raise the likelihood of the model's own answer: it sharpens the model on general
+        prompts, the very drift the anchor term holds back (and long general answers would outweigh the short
+        identity answers in TRL's per-token mean). 0 for a batch of anchors only."""
+        policy, _ = self._token_log_probs(records, inputs)
+        chosen_mask = inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0].bool()
+        keep = chosen_mask & ~anchors.to(chosen_mask.device)[:, None]
+        chosen = policy.chunk(2, dim=0)[0]
+        return -chosen[keep].mean() if bool(keep.any()) else chosen.sum() * 0.0
+
+    def _anchor_loss(self, records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any],
+                     anchors: torch.Tensor | None) -> torch.Tensor:
+        """The anchor term: `anchor_k2` on the chosen side of the batch's anchor pairs, averaged over those pairs."""
+        if anchors is None:
+            raise DPORecipesError("anchor_coef is set but this batch has no 'anchor' flags: the dataset lacks the "
+                                  "column (e.g. one passed to evaluate() later), or a custom data_collator dropped it.")
+        policy, reference = self._token_log_probs(records, inputs)
+        mask = inputs["completion_mask"][..., 1:]
+        chosen_mask = mask.chunk(2, dim=0)[0]
+        policy_chosen, reference_chosen = policy.chunk(2, dim=0)[0], reference.chunk(2, dim=0)[0]
+        k2 = anchor_k2(policy_chosen, reference_chosen, chosen_mask)
+        weights = anchors.to(k2.device, k2.dtype)
+        loss = (k2 * weights).sum() / weights.sum().clamp_min(1)
+        mode = "train" if self.model.training else "eval"
+        if bool(anchors.any()):
+            with torch.no_grad():
+                tokens = (chosen_mask * weights[:, None]).sum()
+                logratio = ((policy_chosen - reference_chosen) * chosen_mask * weights[:, None]).sum() / tokens
+            self._log_hook_metric(mode, "anchor/k2", loss.detach().reshape(1))
+            self._log_hook_metric(mode, "anchor/logratio", logratio.reshape(1))
+        return loss
+
+    def _token_log_probs(self, records: list[tuple[str, torch.Tensor]],
+                         inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of the policy and of the reference, `[2 * batch, tokens]` (chosen rows first), aligned
+        with `completion_mask[..., 1:]` as TRL aligns them."""
+        seq_len = inputs["completion_mask"].size(1) - 1
+        if len(records) != 2:
+            raise RuntimeError(f"the anchor term expected 2 fused forwards (policy, reference) in "
+                               f"DPOTrainer._compute_loss, saw {len(records)}; this TRL version computes the loss "
+                               "differently than TRL 1.16.")
+        return records[0][1][:, -seq_len:], records[1][1][:, -seq_len:]
 
     def _hook_loss(self, records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any],
                    scores: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -340,11 +419,12 @@ class RecipeDPOTrainer(DPOTrainer):
         self._metrics[mode][name].append(self.accelerator.gather(values).mean().item())
 
     @contextlib.contextmanager
-    def _without_sigmoid_term(self, index: int):
-        """Let TRL compute every loss term except `sigmoid`, which the hook replaces."""
+    def _without_terms(self, names: list[str]):
+        """Let TRL compute every loss term except `names` (`sigmoid` when a hook replaces it, `sft` with anchors)."""
         loss_types, loss_weights = self.loss_types, self.loss_weights
-        self.loss_types = loss_types[:index] + loss_types[index + 1:]
-        self.loss_weights = loss_weights[:index] + loss_weights[index + 1:]
+        kept = [i for i, name in enumerate(loss_types) if name not in names]
+        self.loss_types = [loss_types[i] for i in kept]
+        self.loss_weights = [loss_weights[i] for i in kept]
         try:
             yield
         finally:
@@ -390,6 +470,22 @@ def _shared_prompt_wrappers(models: list, accelerator=None) -> list:
         if wrapper is not None:
             wrappers.append(wrapper)
     return wrappers
+
+
+def check_anchor_config(anchor_coef: float, train_dataset) -> None:
+    """Refuse an anchor term that cannot work: a negative weight, or training data with no pair marked `anchor` (the
+    term would silently be zero)."""
+    if anchor_coef < 0 or not math.isfinite(anchor_coef):
+        raise DPORecipesError(f"anchor_coef={anchor_coef!r}: use a weight >= 0 (0 turns the anchor term off).")
+    if train_dataset is None:
+        return
+    columns = getattr(train_dataset, "column_names", None) or []
+    if "anchor" not in columns or not any(train_dataset["anchor"]):
+        raise DPORecipesError(
+            f"anchor_coef={anchor_coef:g} needs pairs marked as anchors, but "
+            + ("no training pair has anchor: true" if "anchor" in columns else "the training data has no 'anchor' "
+               "column")
+            + ". Mark the pairs whose chosen side is a general answer to keep (anchor: true), or set anchor_coef: 0.")
 
 
 def check_hook_config(loss_hook: str, args) -> None:

@@ -55,7 +55,7 @@ def main(recipe_args, training_args, model_args):
         processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args),
         loss_hook=recipe_args.loss_hook, odpo_alpha=recipe_args.odpo_alpha, odpo_ratio=recipe_args.odpo_ratio,
         rdpo_alpha=recipe_args.rdpo_alpha, share_prompts=recipe_args.share_prompts,
-        reference_cache=recipe_args.reference_cache)
+        reference_cache=recipe_args.reference_cache, anchor_coef=recipe_args.anchor_coef)
     metrics = run.train(trainer, plan)
     train_seconds = time.perf_counter() - start
     run.evaluate(trainer)  # the held-out pairs (--eval_fraction / --eval_dataset_name), when there are any

@@ -2,7 +2,7 @@
 
     from dpo_recipes.data import load_preference_data, ValidationConfig
     result = load_preference_data("pairs.jsonl", validation="strict")
-    result.dataset   # datasets.Dataset: prompt, chosen, rejected (+ score_chosen, score_rejected)
+    result.dataset   # datasets.Dataset: prompt, chosen, rejected (+ score_chosen, score_rejected, anchor)
     result.report    # ValidationReport: .summary(), .to_dict(), .save(path)
 
 Modules: `readers` (files, gzip, save_to_disk, hub), `formats` (detect + normalize), `validate` (rules + report),
@@ -92,6 +92,8 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
         data["score_rejected"] = [norm.score_rejected[i] for i in keep]
     if norm.tools is not None:  # JSON tool schemas: DPOTrainer passes them to the chat template
         data["tools"] = [norm.tools[i] for i in keep]
+    if norm.anchor is not None:  # which pairs hold a general answer the anchor term keeps (trainer.anchor_coef)
+        data["anchor"] = [norm.anchor[i] for i in keep]
     return PreferenceData(dataset=datasets.Dataset.from_dict(data), report=report)
 
 

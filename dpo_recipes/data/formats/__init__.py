@@ -1,4 +1,4 @@
-"""Detect the preference-data format and normalize every row to prompt / chosen / rejected (+ scores, tools).
+"""Detect the preference-data format and normalize every row to prompt / chosen / rejected (+ scores, tools, anchor).
 
 Each format family is a small reader (`common.Reader`: `detect` + `pair`) in its own module; detection walks
 `READERS` in order and the first match wins; `--format NAME` forces one. A new format is one module, one entry here
@@ -14,7 +14,8 @@ and one test. Families, in detection order:
 - `hh_rlhf`: Anthropic HH transcripts.
 
 Unpaired (KTO) data is recognized and refused with what to do. Scores (`score_chosen`, `score_rejected`, both or
-neither) ride along with any format. Wrong types are structural errors (`DPORecipesError`, naming file, row and
+neither) ride along with any format, as does a yes/no `anchor` column (pairs whose chosen answer is a general answer
+to keep; see `RecipeDPOTrainer.anchor_coef`). Wrong types are structural errors (`DPORecipesError`, naming file, row and
 field); empty or missing values are left for the validators, which count them.
 """
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dpo_recipes.data.formats.common import (PROMPT_LIKE_COLUMNS, Match, Reader, RowRef, joined, prompt_elsewhere,
-                                             score)
+from dpo_recipes.data.formats.common import (PROMPT_LIKE_COLUMNS, Match, Reader, RowRef, flag, joined,
+                                             prompt_elsewhere, score)
 from dpo_recipes.data.formats.hh_rlhf import HHRLHF
 from dpo_recipes.data.formats.implicit import ImplicitPrompt
 from dpo_recipes.data.formats.labelled import Labelled
@@ -64,6 +65,7 @@ class Normalized:
     score_chosen: list | None = None
     score_rejected: list | None = None
     tools: list | None = None
+    anchor: list | None = None  # per row: an anchor pair (a general answer to keep), from an `anchor` column
     issues: list = field(default_factory=list)
     ignored_columns: list = field(default_factory=list)
     detected: str = ""
@@ -175,12 +177,16 @@ def normalize(raw: RawRows, columns: list[str], match: Match) -> Normalized:
     used = {part.split(".")[0].split("[")[0] for value in match.columns.values() for part in value.split(", ")}
     if scored and not own_scores:
         used |= {"score_chosen", "score_rejected"}
+    if "anchor" in has:
+        used.add("anchor")
     out = Normalized(format=match.format, scored=scored, ignored_columns=[c for c in columns if c not in used],
                      detected=match.describe(), notes=list(match.notes))
     if scored:
         out.score_chosen, out.score_rejected = [], []
     if "tools" in match.columns:
         out.tools = []
+    if "anchor" in has:
+        out.anchor = []
     for i, row in enumerate(raw.rows):
         at = RowRef(raw, i)
         pair = reader.pair(row, at, match)
@@ -194,6 +200,8 @@ def normalize(raw: RawRows, columns: list[str], match: Match) -> Normalized:
         out.issues.append(pair.issue)
         if out.tools is not None:
             out.tools.append(pair.tools)
+        if out.anchor is not None:
+            out.anchor.append(flag(row.get("anchor"), at, "anchor"))
         if scored and own_scores:
             out.score_chosen.append(pair.score_chosen)
             out.score_rejected.append(pair.score_rejected)

@@ -237,6 +237,16 @@ def score(value, at: RowRef, name: str):
     raise at.fail(name, f"expected a number, got {type_name(value)} ({str(value)[:40]!r}).")
 
 
+def flag(value, at: RowRef, name: str) -> bool:
+    """A yes/no column such as `anchor`: JSON true/false (absent or null is false); in CSV also true/false/1/0/empty.
+    Anything else is refused rather than read as a guess ("no", 2, "maybe")."""
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and at.raw.kind == "csv" and value.strip().lower() in ("", "true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise at.fail(name, f"expected true or false, got {type_name(value)} ({str(value)[:40]!r}).")
+
+
 def tools_json(value, at: RowRef, name: str) -> str | None:
     """A tools column as the JSON string TRL's DPOTrainer passes to the chat template (it json-loads strings)."""
     if value in (None, "", []):
