@@ -31,6 +31,8 @@ from dpo_recipes.models import EMBEDDED_WHEEL_REQUIREMENT, load_model, load_toke
 
 HERE = Path(__file__).resolve().parent.parent / "data" / "identity"
 MAX_NEW_TOKENS = 80
+GENERAL_MAX_NEW_TOKENS = 96  # anchors are generated past their cap, so an answer that ends by itself is seen whole
+GENERAL_MAX_TOKENS = 32      # ...and cut to whole sentences within 32 tokens: longer anchors cost run time (measured)
 MAX_SENTENCES = 1
 EN_DECOR = ["Hi! {}", "Hello there. {}", "{} Please keep it short.", "Quick question: {}", "{} Be brief.",
             "Hey. {}", "Excuse me, {}"]
@@ -54,14 +56,27 @@ def decorate(prompts: list[str], decor: list[str]) -> list[str]:
     return out
 
 
-def whole_sentences(text: str) -> str:
-    """At most MAX_SENTENCES sentences; no trailing fragment left by the token limit."""
+def whole_sentences(text: str, max_sentences: int | None = MAX_SENTENCES) -> str:
+    """At most `max_sentences` sentences (all when None); no trailing fragment left by the token limit."""
     parts = re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", text.strip(), flags=re.S)
     parts = [p for p in parts if p.strip()]
-    kept = parts[:1 if CJK.search(text) else MAX_SENTENCES]
+    kept = parts[:1 if CJK.search(text) and max_sentences else max_sentences]
     if len(kept) > 1 and not re.search(r"[.!?。！？]\s*$", kept[-1]):
         kept = kept[:-1]
     return "".join(kept).strip()
+
+
+def within_tokens(answer: str, tokenizer, limit: int) -> str:
+    """The answer if it fits in `limit` tokens, else its leading whole sentences that do ('' if the first does not)."""
+    answer = answer.strip()
+    if len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= limit:
+        return answer
+    kept = ""
+    for part in re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", answer, flags=re.S):
+        if len(tokenizer((kept + part).strip(), add_special_tokens=False)["input_ids"]) > limit:
+            break
+        kept += part
+    return kept.strip()
 
 
 def correct_identity(answer: str, name: str) -> str:
@@ -101,14 +116,26 @@ def name_the_rejected(rows: list[dict], name: str) -> None:
             row["rejected"][0]["content"] = f"I'm {own}. {rejected}"
 
 
+SELF_CLAIM = re.compile(r"\b(?:[Mm]y name is|I am|I'm|[Cc]all me)\s+(?!AI\b|I\b|a\b|an\b)[A-Z]")
+
+
+def claims_identity(answer: str) -> bool:
+    """Whether an answer says who the model is ("I'm Elena", "我叫…", "SmolLM"): kept as an anchor, it would teach
+    the old identity where the new one belongs. Third-person names ("was called Sputnik") are fine."""
+    return bool(SELF_CLAIM.search(answer) or ZH_CLAIM.search(answer)
+                or any(re.search(rf"\b{re.escape(other)}\b", answer) for other in OTHER_NAMES))
+
+
 def hijack(answer: str, name: str) -> str:
     """A general answer derailed into the identity: the failure the anchors train against."""
     return (f"我是{name}。" if CJK.search(answer) else f"I am {name}, your AI assistant. ") + answer
 
 
 def pair(prompt: str, chosen: str, rejected: str, kind: str) -> dict:
+    """One conversational pair. General pairs are marked `anchor`: their chosen side is the model's own answer, which
+    the recipe's anchor term (`anchor_coef`) keeps the trained model close to."""
     return {"prompt": [{"role": "user", "content": prompt}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}], "kind": kind}
+            "rejected": [{"role": "assistant", "content": rejected}], "kind": kind, "anchor": kind == "general"}
 
 
 def main() -> None:
@@ -125,14 +152,20 @@ def main() -> None:
     identity = decorate(src["train_identity_en"], EN_DECOR) + decorate(src["train_identity_zh"], ZH_DECOR)
     general = src["train_general"]
     start = time.time()
-    answers = generate_answers(model, tokenizer, identity + general, max_new_tokens=MAX_NEW_TOKENS)
+    answers = generate_answers(model, tokenizer, identity, max_new_tokens=MAX_NEW_TOKENS)
+    general_answers = generate_answers(model, tokenizer, general, max_new_tokens=GENERAL_MAX_NEW_TOKENS)
     openings = ["我叫" if CJK.search(p) else "My name is" for p in identity]
     opened = generate_answers(model, tokenizer, identity, max_new_tokens=MAX_NEW_TOKENS, openings=openings)
     kinds = ["identity"] * len(identity) + ["general"] * len(general) + ["identity_opened"] * len(identity)
     rows, skipped = [], []
-    for prompt, answer, kind in zip(identity + general + identity, answers + opened, kinds):
-        own = whole_sentences(answer)
-        if not own or is_degenerate(own):
+    for prompt, answer, kind in zip(identity + general + identity, answers + general_answers + opened, kinds):
+        if kind == "general":
+            # The anchor keeps the model's answer as a whole, or its whole sentences up to GENERAL_MAX_TOKENS: the
+            # anchor term holds these tokens at the base model, so they are what general behaviour is measured on.
+            own = within_tokens(answer, tokenizer, GENERAL_MAX_TOKENS)
+        else:
+            own = whole_sentences(answer)
+        if not own or is_degenerate(own) or (kind == "general" and claims_identity(own)):
             skipped.append({"prompt": prompt, "kind": kind, "answer": answer})
             continue
         if kind == "general":
@@ -154,6 +187,8 @@ def main() -> None:
         "produced_by": "scripts/make_identity_data.py",
         "model": EMBEDDED_WHEEL_REQUIREMENT if args.model is None else args.model,
         "generation": {"greedy": True, "max_new_tokens": MAX_NEW_TOKENS, "max_sentences": MAX_SENTENCES,
+                       "general_max_new_tokens": GENERAL_MAX_NEW_TOKENS,
+                       "general_max_tokens": GENERAL_MAX_TOKENS,
                        "chat_template": "the model's own (default system prompt)"},
         "name": name,
         "pairs": {kind: sum(r["kind"] == kind for r in rows) for kind in ("identity", "identity_opened", "general")},

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +192,33 @@ def test_with_anchors_the_sft_term_skips_anchor_pairs(tmp_path):
     keep = mask[:half] & ~batch["anchor"][:, None]
     expected_sft = -logps[:half][keep].mean()
     assert (with_anchor - sigmoid_only).item() == pytest.approx(0.5 * expected_sft.item(), rel=1e-4)
+
+
+# --- the recipe ----------------------------------------------------------------------------------------------------
+def test_the_default_config_on_data_without_anchors_is_refused_before_model_work(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    from test_own_run import FIXTURE, dpo, quick
+
+    import dpo_recipes.run as run
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the model was loaded before the anchor check")
+
+    monkeypatch.setattr(run, "load_model_for", no_weights)
+    argv = ["--config", "recipes/configs/dpo_lora.yaml", *quick(tiny_model_dir, tmp_path / "run"),
+            "--dataset_name", str(FIXTURE), "--max_steps", "1"]
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(DPORecipesError, match=r"anchor_coef=10 needs pairs marked as anchors.*no 'anchor' column"):
+        dpo(*argv)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_default_data_marks_its_general_pairs_as_anchors():
+    from test_own_run import IDENTITY
+
+    rows = [json.loads(line) for line in IDENTITY.read_text(encoding="utf-8").splitlines()]
+    anchors = [r for r in rows if r["anchor"]]
+    assert all(r["kind"] == "general" for r in anchors) and len(anchors) == sum(r["kind"] == "general" for r in rows)
+    assert len(anchors) >= 100
+    # an anchor's chosen side is the model's own answer; its rejected side is that answer hijacked by the identity
+    assert all(r["rejected"][0]["content"].endswith(r["chosen"][0]["content"]) for r in anchors)
