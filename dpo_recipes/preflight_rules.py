@@ -155,7 +155,7 @@ def reference_settings(s: Setup):
     for name in ("ref_model_mixup_alpha", "ref_model_sync_steps"):  # SyncRefModelCallback only with sync_ref_model
         if s.configured(name) and not a.sync_ref_model:
             yield s.find("ignored", name, "read only with sync_ref_model: true (TR-DPO).", "drop it.")
-    if a.sync_ref_model and s.peft:  # DPOTrainer/KTOTrainer.__init__ raise NotImplementedError
+    if a.sync_ref_model and s.peft:  # TRL refuses it: DPOTrainer/KTOTrainer.__init__ raise NotImplementedError
         yield s.find("error", "sync_ref_model", "TRL refuses it with LoRA: the reference is the base with the adapter "
                      "disabled, there is no reference model to sync.", "sync_ref_model: false.")
     if a.sync_ref_model and a.precompute_ref_log_probs:  # DPOTrainer/KTOTrainer.__init__ raise ValueError
@@ -168,6 +168,8 @@ def reference_settings(s: Setup):
                      "reference_cache keeps log-probs across runs.")
     if s.trainer != "dpo" or not s.recipe_args.reference_cache:
         return
+    if s.recipe_args.anchor_coef and not s.configured("reference_cache"):
+        return  # the default cache stepping aside for the anchor term is by design (the estimate says so)
     from dpo_recipes.distributed import fsdp_requested
 
     # RecipeDPOTrainer._open_reference_cache returns None (no cache) in these cases.
@@ -181,8 +183,6 @@ def reference_settings(s: Setup):
         (s.recipe_args.anchor_coef, "anchor_coef: the anchor term needs the reference per token, the cache keeps "
          "totals")]
     off = next((why for applies, why in reasons if applies), None)
-    if off and off.startswith("anchor_coef") and not s.configured("reference_cache"):
-        return  # the default cache stepping aside for the anchor term is by design (the estimate says so)
     if off:
         level = "ignored" if s.configured("reference_cache") else "note"
         yield s.find(level, "reference_cache", f"the reference cache turns itself off with {off} "

@@ -234,11 +234,7 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
     if getattr(recipe_args, "anchor_coef", 0) and _is_dpo(training_args):
         from dpo_recipes.trainer import check_anchor_config
 
-        if training_args.precompute_ref_log_probs:
-            raise DPORecipesError(f"anchor_coef={recipe_args.anchor_coef:g} compares the model with the reference "
-                                  "token by token, but precompute_ref_log_probs keeps only each answer's total; set "
-                                  "precompute_ref_log_probs: false, or anchor_coef: 0.")
-        check_anchor_config(recipe_args.anchor_coef, dataset)
+        check_anchor_config(recipe_args.anchor_coef, dataset, training_args.precompute_ref_log_probs)
     return prompts
 
 

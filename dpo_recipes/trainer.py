@@ -136,11 +136,12 @@ class RecipeDPOTrainer(DPOTrainer):
         self.odpo_ratio = odpo_ratio
         self.rdpo_alpha = rdpo_alpha
         self.anchor_coef = float(anchor_coef)
+        # DPOTrainer's positional order: model, ref_model, args, data_collator, train_dataset, eval_dataset, ...
+        config = kwargs.get("args", args[2] if len(args) > 2 else None)
         if self.anchor_coef:
-            check_anchor_config(self.anchor_coef, kwargs.get("train_dataset", args[4] if len(args) > 4 else None))
+            check_anchor_config(self.anchor_coef, kwargs.get("train_dataset", args[4] if len(args) > 4 else None),
+                                precompute_ref_log_probs=bool(getattr(config, "precompute_ref_log_probs", False)))
         if loss_hook is not None:
-            # DPOTrainer's positional order: model, ref_model, args, data_collator, train_dataset, eval_dataset, ...
-            config = kwargs.get("args", args[2] if len(args) > 2 else None)
             if config is not None:
                 check_hook_config(loss_hook, config)
             if loss_hook == "odpo":
@@ -162,11 +163,9 @@ class RecipeDPOTrainer(DPOTrainer):
             check_hook_config(loss_hook, self.args)  # args may have been None above: TRL built a default
             if self._is_vision_dataset:
                 raise DPORecipesError("loss_hook works on text preference data only; this dataset has images.")
-        if self.anchor_coef and (self.precompute_ref_logps or self._is_vision_dataset):
-            raise DPORecipesError(
-                f"anchor_coef={self.anchor_coef:g} compares the model with the reference token by token, but "
-                + ("precompute_ref_log_probs keeps only each answer's total; set precompute_ref_log_probs: false."
-                   if self.precompute_ref_logps else "this dataset has images; anchors work on text only."))
+        if self.anchor_coef and self._is_vision_dataset:
+            raise DPORecipesError(f"anchor_coef={self.anchor_coef:g}: this dataset has images; anchors work on text "
+                                  "only.")
         if loss_hook == "odpo" or self.anchor_coef:
             self.data_collator = ScoreCollator(self.data_collator)
         self.reference_cache = self._open_reference_cache(reference_cache) if reference_cache else None
@@ -360,31 +359,27 @@ class RecipeDPOTrainer(DPOTrainer):
         return loss
 
     def _token_log_probs(self, records: list[tuple[str, torch.Tensor]],
-                         inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs of the policy and of the reference, `[2 * batch, tokens]` (chosen rows first), aligned
-        with `completion_mask[..., 1:]` as TRL aligns them."""
+                         inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs of the policy and of the reference (None when precomputed), `[2 * batch, tokens]`
+        (chosen rows first), aligned with `completion_mask[..., 1:]` as TRL aligns them."""
         seq_len = inputs["completion_mask"].size(1) - 1
-        if len(records) != 2:
-            raise RuntimeError(f"the anchor term expected 2 fused forwards (policy, reference) in "
-                               f"DPOTrainer._compute_loss, saw {len(records)}; this TRL version computes the loss "
-                               "differently than TRL 1.16.")
-        return records[0][1][:, -seq_len:], records[1][1][:, -seq_len:]
+        expected = 1 if self.precompute_ref_logps else 2
+        if len(records) != expected:
+            raise RuntimeError(f"expected {expected} fused forward(s) in DPOTrainer._compute_loss, saw {len(records)}; "
+                               "this TRL version computes the loss differently than TRL 1.16.")
+        return records[0][1][:, -seq_len:], records[1][1][:, -seq_len:] if expected == 2 else None
 
     def _hook_loss(self, records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any],
                    scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """The hook's per-pair loss from the recorded per-token log-probs, summed as TRL sums them."""
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
-        seq_len = completion_mask.size(1) - 1
-        expected = 1 if self.precompute_ref_logps else 2
-        if len(records) != expected:
-            raise RuntimeError(f"loss_hook expected {expected} fused forward(s) in DPOTrainer._compute_loss, saw "
-                               f"{len(records)}; this TRL version computes the loss differently than TRL 1.16.")
-        chosen_logps, rejected_logps = records[0][1][:, -seq_len:].sum(dim=1).chunk(2, dim=0)
-        if self.precompute_ref_logps:
+        policy, reference = self._token_log_probs(records, inputs)
+        chosen_logps, rejected_logps = policy.sum(dim=1).chunk(2, dim=0)
+        if reference is None:  # precomputed: TRL's batch holds the totals
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
-            ref_chosen_logps, ref_rejected_logps = records[1][1][:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+            ref_chosen_logps, ref_rejected_logps = reference.sum(dim=1).chunk(2, dim=0)
         logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
 
         if self.loss_hook == "odpo":
@@ -472,11 +467,15 @@ def _shared_prompt_wrappers(models: list, accelerator=None) -> list:
     return wrappers
 
 
-def check_anchor_config(anchor_coef: float, train_dataset) -> None:
-    """Refuse an anchor term that cannot work: a negative weight, or training data with no pair marked `anchor` (the
-    term would silently be zero)."""
+def check_anchor_config(anchor_coef: float, train_dataset, precompute_ref_log_probs: bool = False) -> None:
+    """Refuse an anchor term that cannot work: a negative weight, a precomputed reference (totals only), or training
+    data with no pair marked `anchor` (the term would silently be zero)."""
     if anchor_coef < 0 or not math.isfinite(anchor_coef):
         raise DPORecipesError(f"anchor_coef={anchor_coef!r}: use a weight >= 0 (0 turns the anchor term off).")
+    if precompute_ref_log_probs:
+        raise DPORecipesError(f"anchor_coef={anchor_coef:g} compares the model with the reference token by token, but "
+                              "precompute_ref_log_probs keeps only each answer's total; set precompute_ref_log_probs: "
+                              "false, or anchor_coef: 0.")
     if train_dataset is None:
         return
     columns = getattr(train_dataset, "column_names", None) or []

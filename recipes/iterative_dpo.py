@@ -121,7 +121,8 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
         start = time.perf_counter()
         trainer = RecipeDPOTrainer(model=model, args=round_args, train_dataset=data.dataset, processing_class=tokenizer,
                                    peft_config=get_peft_config(model_args) if fresh else None,
-                                   share_prompts=args.share_prompts, reference_cache=args.reference_cache)
+                                   share_prompts=args.share_prompts, reference_cache=args.reference_cache,
+                                   anchor_coef=args.anchor_coef)
         metrics = trainer.train().metrics
         trainer.save_model(str(round_dir))
         save_log_history(trainer.state.log_history, round_dir)

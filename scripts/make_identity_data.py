@@ -56,11 +56,15 @@ def decorate(prompts: list[str], decor: list[str]) -> list[str]:
     return out
 
 
-def whole_sentences(text: str, max_sentences: int | None = MAX_SENTENCES) -> str:
-    """At most `max_sentences` sentences (all when None); no trailing fragment left by the token limit."""
-    parts = re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", text.strip(), flags=re.S)
-    parts = [p for p in parts if p.strip()]
-    kept = parts[:1 if CJK.search(text) and max_sentences else max_sentences]
+def sentences(text: str) -> list[str]:
+    """The text's sentences in order, each with its end mark (the last one may be a fragment without)."""
+    return re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", text.strip(), flags=re.S)
+
+
+def whole_sentences(text: str) -> str:
+    """At most MAX_SENTENCES sentences; no trailing fragment left by the token limit."""
+    parts = [p for p in sentences(text) if p.strip()]
+    kept = parts[:1 if CJK.search(text) else MAX_SENTENCES]
     if len(kept) > 1 and not re.search(r"[.!?。！？]\s*$", kept[-1]):
         kept = kept[:-1]
     return "".join(kept).strip()
@@ -72,7 +76,7 @@ def within_tokens(answer: str, tokenizer, limit: int) -> str:
     if len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= limit:
         return answer
     kept = ""
-    for part in re.findall(r".+?(?:[.!?。！？](?=\s|$|[^\d])|$)", answer, flags=re.S):
+    for part in sentences(answer):
         if len(tokenizer((kept + part).strip(), add_special_tokens=False)["input_ids"]) > limit:
             break
         kept += part
