@@ -310,8 +310,7 @@ def table(e: dict, s) -> str:
                  "precomputed": "precomputed by TRL before step 1: a forward over every pair, none per step"}
     reference = reference[e["reference"]]
     if s.trainer == "dpo" and s.recipe_args.reference_cache and e["reference"] in ("adapter", "copy"):
-        reference += ("; read per token by the anchor term, so not cached" if s.recipe_args.anchor_coef else
-                      "; cached per pair (later epochs and runs skip it)")
+        reference += "; cached per pair (later epochs and runs skip it)"
     rows = [("model", e["model"] + (f" ({_count(e['params'])} parameters, config.json on the meta device)"
                                     if "params" in e else f": {e['model_problem'] or 'unknown'}"))]
     if "params" in e:

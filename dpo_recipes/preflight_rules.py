@@ -168,8 +168,6 @@ def reference_settings(s: Setup):
                      "reference_cache keeps log-probs across runs.")
     if s.trainer != "dpo" or not s.recipe_args.reference_cache:
         return
-    if s.recipe_args.anchor_coef and not s.configured("reference_cache"):
-        return  # the default cache stepping aside for the anchor term is by design (the estimate says so)
     from dpo_recipes.distributed import fsdp_requested
 
     # RecipeDPOTrainer._open_reference_cache returns None (no cache) in these cases.
@@ -179,9 +177,7 @@ def reference_settings(s: Setup):
         (s.zero_stage == 3, "ZeRO-3 shards the weights: no honest key"),
         (fsdp_requested(), "FSDP shards the weights: no honest key"),
         (s.peft and s.model_args.lora_modules_to_save,
-         "lora_modules_to_save trains base modules next to the adapter: the reference drifts"),
-        (s.recipe_args.anchor_coef, "anchor_coef: the anchor term needs the reference per token, the cache keeps "
-         "totals")]
+         "lora_modules_to_save trains base modules next to the adapter: the reference drifts")]
     off = next((why for applies, why in reasons if applies), None)
     if off:
         level = "ignored" if s.configured("reference_cache") else "note"

@@ -10,6 +10,10 @@ TRL's own `compute_ref_log_probs` runs on the batch and its values are kept. So 
 what TRL's per-step reference costs, and every later epoch, and every later run on the same pairs with the same model
 (a beta or learning-rate sweep, a resumed run, a second seed), skips the reference forward.
 
+For the anchor term (`RecipeDPOTrainer.anchor_coef`), which reads the reference per token on an anchor's chosen
+answer, the cache also keeps those per-token values for anchor pairs (a few dozen floats each); a batch is served from
+the cache only when every anchor in it has them.
+
 A pair's key is the sha256 of the token ids and completion positions of its two rows as the trainer sees them, after
 the chat template and `max_length` truncation, so a change of data, template or `max_length` misses the cache by
 construction. The file's key (`reference_key`) covers the reference weights (the base without the LoRA adapter
@@ -87,12 +91,15 @@ def pair_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_
 
 
 class ReferenceCache:
-    """Pair key -> (reference chosen log-prob, reference rejected log-prob), loaded from and saved to `directory`."""
+    """Pair key -> (reference chosen log-prob, reference rejected log-prob), and for anchor pairs pair key -> the
+    reference's per-token log-probs on the chosen answer's tokens, loaded from and saved to `directory`."""
 
     def __init__(self, directory: str | Path, key: str):
         self.directory = Path(directory).expanduser() / key
         self.values: dict[bytes, tuple[float, float]] = {}
         self.new: dict[bytes, tuple[float, float]] = {}
+        self.tokens: dict[bytes, torch.Tensor] = {}
+        self.new_tokens: dict[bytes, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
         self._load()
@@ -114,33 +121,44 @@ class ReferenceCache:
             keys, logps = tensors["keys"], tensors["logps"]
             for key, (chosen, rejected) in zip(keys, logps.tolist()):
                 self.values[bytes(key.tolist())] = (chosen, rejected)
+            if "token_keys" in tensors:  # per-token values of anchor pairs, concatenated
+                ends = tensors["token_lengths"].cumsum(0).tolist()
+                for key, start, end in zip(tensors["token_keys"], [0, *ends[:-1]], ends):
+                    self.tokens[bytes(key.tolist())] = tensors["token_logps"][start:end].clone()
 
-    def lookup(self, keys: list[bytes]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The cached (chosen, rejected) log-probs for every pair of a batch (float64), or None if any is missing.
-        Counts nothing: the caller decides whether the batch is served from the cache (`served`) or computed
-        (`store`)."""
+    def lookup(self, keys: list[bytes], token_keys: list[bytes] = ()
+               ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]] | None:
+        """The cached (chosen, rejected) log-probs for every pair of a batch (float64) and the per-token values of
+        the pairs in `token_keys`, or None if any is missing. Counts nothing: the caller decides whether the batch is
+        served from the cache (`served`) or computed (`store`)."""
         found = [self.values.get(k) for k in keys]
-        if any(v is None for v in found):
+        tokens = [self.tokens.get(k) for k in token_keys]
+        if any(v is None for v in found) or any(t is None for t in tokens):
             return None
         values = torch.tensor(found, dtype=torch.float64)
-        return values[:, 0], values[:, 1]
+        return values[:, 0], values[:, 1], tokens
 
     def served(self, keys: list[bytes]) -> None:
         """Count a batch whose reference values came from the cache."""
         self.hits += len(keys)
 
-    def store(self, keys: list[bytes], chosen: torch.Tensor, rejected: torch.Tensor) -> None:
-        """Count a computed batch and keep its finite values: a NaN reference is a fault of that run, never a value
-        for the next one."""
+    def store(self, keys: list[bytes], chosen: torch.Tensor, rejected: torch.Tensor,
+              tokens: dict[bytes, torch.Tensor] | None = None) -> None:
+        """Count a computed batch and keep its finite values (and the per-token values in `tokens`, by pair key): a
+        NaN reference is a fault of that run, never a value for the next one."""
         self.misses += len(keys)
         for key, c, r in zip(keys, chosen.detach().double().cpu().tolist(), rejected.detach().double().cpu().tolist()):
             if math.isfinite(c) and math.isfinite(r):
                 self.values[key] = self.new[key] = (c, r)
+        for key, values in (tokens or {}).items():
+            values = values.detach().float().cpu()
+            if bool(torch.isfinite(values).all()):
+                self.tokens[key] = self.new_tokens[key] = values
 
     def save(self) -> Path | None:
         """Write the pairs computed since the last save as a new shard (merging the shards when there are many).
         A cache that cannot be written (a read-only home, a full disk) costs a warning, never the run."""
-        if not self.new:
+        if not self.new and not self.new_tokens:
             return None
         try:
             return self._save()
@@ -148,7 +166,7 @@ class ReferenceCache:
             logging.getLogger(__name__).warning("Reference cache %s not written (%s); training is unaffected, a "
                                                 "later run computes these reference values again.", self.directory,
                                                 exc.strerror or exc)
-            self.new = {}
+            self.new, self.new_tokens = {}, {}
             return None
 
     def _save(self) -> Path:
@@ -159,12 +177,17 @@ class ReferenceCache:
         shards = self._shards()
         merge = len(shards) + 1 > MAX_SHARDS
         entries = self.values if merge else self.new
-        tensors = {"keys": torch.tensor([list(k) for k in entries], dtype=torch.uint8),
-                   "logps": torch.tensor(list(entries.values()), dtype=torch.float64)}
+        token_entries = self.tokens if merge else self.new_tokens
+        tensors = {"keys": torch.tensor([list(k) for k in entries], dtype=torch.uint8).reshape(-1, 32),
+                   "logps": torch.tensor(list(entries.values()), dtype=torch.float64).reshape(-1, 2)}
+        if token_entries:
+            tensors["token_keys"] = torch.tensor([list(k) for k in token_entries], dtype=torch.uint8)
+            tensors["token_lengths"] = torch.tensor([len(v) for v in token_entries.values()], dtype=torch.int64)
+            tensors["token_logps"] = torch.cat(list(token_entries.values())).contiguous()
         path = write_file_atomic(self.directory / f"{uuid.uuid4().hex}.safetensors",
                                  lambda tmp: save_file(tensors, tmp))
         if merge:
             for shard in shards:
                 shard.unlink(missing_ok=True)
-        self.new = {}
+        self.new, self.new_tokens = {}, {}
         return path

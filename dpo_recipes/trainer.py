@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 LOSS_HOOKS = ("odpo", "rdpo")
 SCORE_COLUMNS = ("score_chosen", "score_rejected")
 ROW_COLUMNS = (*SCORE_COLUMNS, "anchor")  # per-pair values the hooks read; never model inputs
+ANCHOR_REFERENCE = "_anchor_reference_token_logps"  # the cached reference per token on chosen rows, in a batch
 
 
 class ScoreCollator:
@@ -108,7 +109,8 @@ class RecipeDPOTrainer(DPOTrainer):
             mean over its chosen tokens of 1/2 (log pi - log pi_ref)^2 (`losses.anchor_k2`, an estimate of the KL to
             the reference there), averaged over the batch's anchor pairs. It holds the model to the reference on
             general prompts while DPO moves it on the rest. Needs the reference per token: refused with
-            `precompute_ref_log_probs`, and the `reference_cache` turns itself off. Works with or without a
+            `precompute_ref_log_probs` (totals only); the `reference_cache` keeps the anchors' per-token values.
+            Works with or without a
             `loss_hook`. TRL's `sft` term (when in `loss_type`) then covers the non-anchor pairs only: on an anchor
             it would sharpen the model on its own general answer, a drift of its own.
         reference_cache: a folder for the reference's log-probs per pair (`dpo_recipes.reference_cache`): later
@@ -255,8 +257,7 @@ class RecipeDPOTrainer(DPOTrainer):
         from dpo_recipes.reference_cache import ReferenceCache, reference_key
 
         if (self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled
-                or getattr(self.args, "sync_ref_model", False)  # a reference that changes has no stable key
-                or self.anchor_coef):  # the anchor term reads the reference per token; the cache keeps totals
+                or getattr(self.args, "sync_ref_model", False)):  # a reference that changes has no stable key
             return None
         reference = self.accelerator.unwrap_model(self.ref_model or self.model)
         if any(p.numel() == 0 for p in reference.parameters()):  # ZeRO-3 partitioned: no honest key
@@ -269,24 +270,51 @@ class RecipeDPOTrainer(DPOTrainer):
         return ReferenceCache(directory, key)
 
     def _with_reference_log_probs(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The batch with `ref_chosen_logps`/`ref_rejected_logps`: from the cache, or computed by TRL and kept."""
+        """The batch with `ref_chosen_logps`/`ref_rejected_logps`: from the cache, or computed by TRL and kept. With
+        the anchor term, also `ANCHOR_REFERENCE`: the reference's per-token log-probs on the chosen rows (zero off the
+        anchors' answer tokens), aligned as `_token_log_probs` aligns the policy's."""
         from dpo_recipes.reference_cache import pair_keys
 
         cache = self.reference_cache
         device = inputs["input_ids"].device
         keys = pair_keys(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        cached = cache.lookup(keys)
+        anchors = inputs.get("anchor") if self.anchor_coef else None
+        rows = [] if anchors is None else [i for i, is_anchor in enumerate(anchors.tolist()) if is_anchor]
+        chosen_mask = inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0].bool()
+        cached = cache.lookup(keys, [keys[i] for i in rows])
         if self.accelerator.num_processes > 1:  # all processes run the reference forward, or none (DDP collectives)
             if not bool(self.accelerator.gather(torch.tensor([cached is not None], device=device)).all()):
                 cached = None
         if cached is None:
-            chosen, rejected = self.compute_ref_log_probs(self.ref_model or model, inputs)
-            cache.store(keys, chosen, rejected)
+            reference_model = self.ref_model or model
+            with self._record_log_probs(reference_model, tag_all="reference") as records:
+                chosen, rejected = self.compute_ref_log_probs(reference_model, inputs)
+            tokens = {}
+            if rows:
+                per_token = self._reference_token_log_probs(records, inputs).chunk(2, dim=0)[0]
+                tokens = {keys[i]: per_token[i][chosen_mask[i]] for i in rows}
+            cache.store(keys, chosen, rejected, tokens)
+            token_values = [tokens[keys[i]] for i in rows]
         else:
-            chosen, rejected = cached
+            chosen, rejected, token_values = cached
             cache.served(keys)
-        return {**inputs, "ref_chosen_logps": chosen.to(device, torch.float32),
-                "ref_rejected_logps": rejected.to(device, torch.float32)}
+        inputs = {**inputs, "ref_chosen_logps": chosen.to(device, torch.float32),
+                  "ref_rejected_logps": rejected.to(device, torch.float32)}
+        if anchors is not None:
+            reference = torch.zeros(chosen_mask.shape, dtype=torch.float32, device=device)
+            for i, values in zip(rows, token_values):
+                reference[i, chosen_mask[i]] = values.to(device, torch.float32)
+            inputs[ANCHOR_REFERENCE] = reference
+        return inputs
+
+    def _reference_token_log_probs(self, records: list[tuple[str, torch.Tensor]],
+                                   inputs: dict[str, Any]) -> torch.Tensor:
+        """The one reference forward's per-token log-probs, aligned with `completion_mask[..., 1:]` as TRL aligns
+        them in `compute_ref_log_probs`."""
+        if len(records) != 1:
+            raise RuntimeError(f"expected 1 fused forward in DPOTrainer.compute_ref_log_probs, saw {len(records)}; "
+                               "this TRL version computes the reference differently than TRL 1.16.")
+        return records[0][1][:, -(inputs["completion_mask"].size(1) - 1):]
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -303,7 +331,8 @@ class RecipeDPOTrainer(DPOTrainer):
     def _compute_loss_with_hook(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
         anchors = inputs.get("anchor")
-        inputs = {k: v for k, v in inputs.items() if k not in ROW_COLUMNS}
+        cached_reference = inputs.get(ANCHOR_REFERENCE)
+        inputs = {k: v for k, v in inputs.items() if k not in ROW_COLUMNS and k != ANCHOR_REFERENCE}
         if self.loss_hook is None and not self.anchor_coef:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -318,7 +347,7 @@ class RecipeDPOTrainer(DPOTrainer):
             hook_loss = self._hook_loss(records, inputs, scores)
             loss = loss + hook_loss.mean() * self.loss_weights[self.loss_types.index("sigmoid")]
         if self.anchor_coef:
-            loss = loss + self.anchor_coef * self._anchor_loss(records, inputs, anchors)
+            loss = loss + self.anchor_coef * self._anchor_loss(records, inputs, anchors, cached_reference)
             if "sft" in replaced:
                 loss = loss + self.loss_weights[self.loss_types.index("sft")] * self._sft_without_anchors(
                     records, inputs, anchors)
@@ -337,15 +366,20 @@ class RecipeDPOTrainer(DPOTrainer):
         return -chosen[keep].mean() if bool(keep.any()) else chosen.sum() * 0.0
 
     def _anchor_loss(self, records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any],
-                     anchors: torch.Tensor | None) -> torch.Tensor:
-        """The anchor term: `anchor_k2` on the chosen side of the batch's anchor pairs, averaged over those pairs."""
+                     anchors: torch.Tensor | None, cached_reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The anchor term: `anchor_k2` on the chosen side of the batch's anchor pairs, averaged over those pairs.
+        The reference per token comes from this step's reference forward, or from the reference cache
+        (`cached_reference`, chosen rows) when the cache served the batch."""
         if anchors is None:
             raise DPORecipesError("anchor_coef is set but this batch has no 'anchor' flags: the dataset lacks the "
                                   "column (e.g. one passed to evaluate() later), or a custom data_collator dropped it.")
         policy, reference = self._token_log_probs(records, inputs)
         mask = inputs["completion_mask"][..., 1:]
         chosen_mask = mask.chunk(2, dim=0)[0]
-        policy_chosen, reference_chosen = policy.chunk(2, dim=0)[0], reference.chunk(2, dim=0)[0]
+        policy_chosen = policy.chunk(2, dim=0)[0]
+        reference_chosen = reference.chunk(2, dim=0)[0] if reference is not None else cached_reference
+        if reference_chosen is None:
+            raise RuntimeError("the anchor term has no reference log-probs for this batch")
         k2 = anchor_k2(policy_chosen, reference_chosen, chosen_mask)
         weights = anchors.to(k2.device, k2.dtype)
         loss = (k2 * weights).sum() / weights.sum().clamp_min(1)
@@ -426,11 +460,12 @@ class RecipeDPOTrainer(DPOTrainer):
             self.loss_types, self.loss_weights = loss_types, loss_weights
 
     @contextlib.contextmanager
-    def _record_log_probs(self, model):
+    def _record_log_probs(self, model, tag_all: str | None = None):
         """Record `log_probs` of every fused-LM-head forward of the policy (and reference model) during the block.
 
         The hooks sit on the causal LM that TRL patched with `add_fused_lm_head`, beneath any PEFT, DDP or DeepSpeed
         wrapper, so they see the policy forward and, with PEFT, the adapter-disabled reference forward, in call order.
+        `tag_all`: record only `model`'s forwards, under that tag (the reference forward of `compute_ref_log_probs`).
         """
         records: list[tuple[str, torch.Tensor]] = []
 
@@ -442,8 +477,8 @@ class RecipeDPOTrainer(DPOTrainer):
 
         policy = self.accelerator.unwrap_model(model)
         policy = policy.get_base_model() if is_peft_model(policy) else policy
-        handles = [policy.register_forward_hook(hook_for("policy"), with_kwargs=True)]
-        if self.ref_model is not None and not self.precompute_ref_logps:
+        handles = [policy.register_forward_hook(hook_for(tag_all or "policy"), with_kwargs=True)]
+        if self.ref_model is not None and not self.precompute_ref_logps and tag_all is None:
             reference = self.accelerator.unwrap_model(self.ref_model)
             handles.append(reference.register_forward_hook(hook_for("reference"), with_kwargs=True))
         try:

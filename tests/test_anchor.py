@@ -136,9 +136,55 @@ def test_anchor_coef_without_anchor_rows_is_refused(tmp_path):
         make(tmp_path / "d", dataset=anchored_pairs(), anchor_coef=1.0, peft=True, precompute_ref_log_probs=True)
 
 
-def test_reference_cache_turns_itself_off_with_anchors(tmp_path):
-    trainer = make(tmp_path, dataset=anchored_pairs(), anchor_coef=1.0, reference_cache=str(tmp_path / "cache"))
-    assert trainer.reference_cache is None
+def anchored_loss_and_grads(trainer):
+    batch = trainer._prepare_inputs(first_batch(trainer))
+    trainer.model.train()
+    trainer.model.zero_grad()
+    with trainer.accelerator.autocast():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return loss.detach(), grads, int(batch["anchor"].sum()) if "anchor" in batch else 0
+
+
+@pytest.mark.parametrize("peft", [True, False])
+def test_reference_cache_keeps_the_anchors_per_token_reference_and_a_rerun_skips_the_forward(tmp_path, monkeypatch,
+                                                                                            peft):
+    setup = dict(dataset=anchored_pairs(), anchor_coef=0.7, peft=peft, share_prompts=False)
+    plain_loss, plain_grads, _ = anchored_loss_and_grads(make(tmp_path / "plain", **setup))
+    cache = str(tmp_path / "cache")
+    first = make(tmp_path / "first", reference_cache=cache, **setup)
+    loss, grads, anchors = anchored_loss_and_grads(first)
+    assert 0 < anchors < 4  # a batch of anchors and other pairs
+    assert first.reference_cache.misses == 4 and len(first.reference_cache.tokens) == anchors
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-6, atol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    first.reference_cache.save()
+
+    second = make(tmp_path / "second", reference_cache=cache, **setup)
+    assert second.reference_cache.tokens.keys() == first.reference_cache.tokens.keys()  # read back from the shard
+
+    def no_reference_forward(*args, **kwargs):
+        raise AssertionError("the reference forward ran for cached pairs")
+
+    monkeypatch.setattr(second, "compute_ref_log_probs", no_reference_forward)
+    cached_loss, cached_grads, _ = anchored_loss_and_grads(second)
+    assert second.reference_cache.hits == 4
+    torch.testing.assert_close(cached_loss, loss, rtol=1e-6, atol=1e-7)
+    for name, grad in grads.items():
+        torch.testing.assert_close(cached_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_cached_totals_without_the_anchors_per_token_values_are_computed_again(tmp_path):
+    cache = str(tmp_path / "cache")
+    unanchored = make(tmp_path / "a", dataset=anchored_pairs(), peft=True, share_prompts=False, reference_cache=cache)
+    anchored_loss_and_grads(unanchored)  # totals for every pair, no per-token values
+    unanchored.reference_cache.save()
+    anchored = make(tmp_path / "b", dataset=anchored_pairs(), peft=True, share_prompts=False, reference_cache=cache,
+                    anchor_coef=1.0)
+    anchored_loss_and_grads(anchored)
+    assert anchored.reference_cache.hits == 0 and anchored.reference_cache.misses == 4
 
 
 # --- the data layer ------------------------------------------------------------------------------------------------

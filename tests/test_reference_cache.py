@@ -106,7 +106,7 @@ def test_a_damaged_shard_is_recomputed_not_trusted(tmp_path):
     cache.save()
     (tmp_path / "k" / "broken.safetensors").write_bytes(b"not a safetensors file")
     reread = ReferenceCache(tmp_path, "k")
-    chosen, rejected = reread.lookup(keys)
+    chosen, rejected, _ = reread.lookup(keys)
     assert chosen.tolist() == [-1.5, -2.5] and rejected.tolist() == [-3.0, -4.0]
     assert reread.lookup([b"c" * 32]) is None
 
@@ -119,6 +119,29 @@ def test_many_shards_are_merged_into_one(tmp_path, monkeypatch):
         cache.save()
     assert len(list((tmp_path / "k").glob("*.safetensors"))) <= 3
     assert len(ReferenceCache(tmp_path, "k").values) == 5
+
+
+def test_anchor_per_token_values_survive_save_merge_and_reload_and_are_required_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(rc, "MAX_SHARDS", 2)
+    tokens = {}
+    for i in range(3):
+        key = bytes([i]) * 32
+        tokens[key] = torch.arange(i + 1, dtype=torch.float32) - 10.0 * i  # lengths 1, 2, 3
+        cache = ReferenceCache(tmp_path, "k")
+        cache.store([key], torch.tensor([float(-i)]), torch.tensor([-1.0]), {key: tokens[key]})
+        cache.save()
+    nan_key = b"n" * 32
+    cache = ReferenceCache(tmp_path, "k")
+    cache.store([nan_key], torch.tensor([-1.0]), torch.tensor([-2.0]), {nan_key: torch.tensor([0.0, float("nan")])})
+    cache.save()
+    reread = ReferenceCache(tmp_path, "k")
+    assert len(list((tmp_path / "k").glob("*.safetensors"))) <= 2  # merged, per-token values included
+    assert reread.tokens.keys() == tokens.keys()  # the NaN values were not kept; their totals were
+    for key, values in tokens.items():
+        assert torch.equal(reread.tokens[key], values)
+    _, _, found = reread.lookup(list(tokens), [bytes([2]) * 32])
+    assert torch.equal(found[0], tokens[bytes([2]) * 32])
+    assert reread.lookup([nan_key]) is not None and reread.lookup([nan_key], [nan_key]) is None
 
 
 def test_no_cache_where_trl_precomputes_anyway(tmp_path):
