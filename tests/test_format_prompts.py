@@ -19,11 +19,17 @@ def test_every_row_has_a_check_the_pairs_rules_accept_and_that_judges_answers():
     for name in ("train", "heldout"):
         rows = load_prompts(str(DATA / f"{name}.jsonl"))
         verifier.prepare(rows)  # builds each row's rule; a bad spec fails here naming file:line
-        passing = {"one_word": "Blue.", "lowercase": "it is blue and wide.", "ends_with": "It is big. DONE",
-                   "json_keys": '{"item": "x", "colour": "blue"}'}
         for row in rows:
-            assert verifier.verdict(row, passing[row.data["task"]])[1], row.where
-            assert not verifier.verdict(row, "The Sky Is A Shade Of Blue, Mostly")[1], row.where
+            word = row.data["check"]["checks"][1]["words"][0]  # a right colour, or the thing's name
+            right = {"one_word": f"{word.title()}.", "lowercase": f"it is a {word}, and it is lovely.",
+                     "ends_with": f"A {word} is known to many. DONE",
+                     "json_keys": f'{{"item": "{row.data["thing"]}", "colour": "{word}"}}'}[row.data["task"]]
+            assert verifier.verdict(row, right) == (1.0, True), (row.where, right)
+            # the right form with the wrong content, or the reverse: half a score, never a pass
+            wrong = {"one_word": "Chocolatey.", "lowercase": "it is a thing, and it is lovely.",
+                     "ends_with": "It is known to many. DONE", "json_keys": '{"item": "x", "colour": "plaid"}'}
+            assert verifier.verdict(row, wrong[row.data["task"]]) == (0.5, False), row.where
+            assert verifier.verdict(row, "Nothing Here Is Right, Mostly") == (0.0, False), row.where
 
 
 def test_held_out_prompts_have_subjects_never_in_training_and_are_at_least_50():

@@ -86,6 +86,28 @@ def test_format_rules():
     assert passes(both, "monday") and not passes(both, "Monday") and not passes(both, "two words")
 
 
+def test_mentions_checks_what_the_answer_says_as_whole_words():
+    colour = {"type": "mentions", "words": ["orange", "black"]}
+    assert passes(colour, "Orange.") and passes(colour, "It is black and orange") and passes(colour, '"black"')
+    assert not passes(colour, "chocolate")  # one word, the right form, the wrong answer
+    assert not passes(colour, "blackberry") and not passes(colour, "oranges")  # a word inside another is not it
+    assert passes({"type": "mentions", "words": ["dark blue"]}, "a dark blue sea") and \
+        not passes({"type": "mentions", "words": ["dark blue"]}, "a dark, blue sea")
+    assert not passes({"type": "mentions", "words": ["Orange"], "ignore_case": False}, "orange")
+    assert passes({"type": "mentions", "words": ["红"]}, "深红色")  # CJK: no word boundaries to find
+    tiger = {"type": "all", "checks": [{"type": "one_word"}, colour]}
+    assert passes(tiger, "Orange!") and not passes(tiger, "chocolate") and not passes(tiger, "orange and black")
+    partial = {**tiger, "partial": True}  # a score for ranking samples; passing still needs every check
+    verifier = build_verifier(partial)
+    assert verifier.verdict(row(), "Orange.") == (1.0, True)
+    assert verifier.verdict(row(), "chocolate") == (0.5, False) and verifier.verdict(row(), "orange and black") == \
+        (0.5, False)
+    assert verifier.verdict(row(), "a big cat") == (0.0, False)
+    for bad in ({"type": "mentions"}, {"type": "mentions", "words": []}, {"type": "mentions", "words": [" "]}):
+        with pytest.raises(DPORecipesError, match="mentions"):
+            build_verifier(bad)
+
+
 def test_a_rows_own_check_replaces_the_default():
     verifier = build_verifier("exact")
     own = row("42", check={"type": "numeric"})

@@ -14,7 +14,14 @@
     {"type": "lowercase"}                                   has letters and no upper-case one
     {"type": "ends_with", "phrase": "Goodbye.", "ignore_case": false}
                                                             the answer (trailing whitespace removed) ends with it
-    {"type": "all", "checks": [spec, ...]}                  passes when every check passes
+    {"type": "mentions", "words": ["orange", "black"], "ignore_case": true}
+                                                            the answer has one of the words (or phrases) as a whole
+                                                            word: what it says, not only its form ("What colour is a
+                                                            tiger?" -> "chocolate" is one word, and wrong)
+    {"type": "all", "checks": [spec, ...], "partial": false}
+                                                            passes when every check passes; partial: its score is
+                                                            the share of checks passed (best-of-n then ranks an
+                                                            answer right in form only above one right in nothing)
     {"type": "python", "function": "module:function", "threshold": 0.5}
                                                             function(prompt, answer, row) -> bool or float;
                                                             'path/to/file.py:function' works too
@@ -150,11 +157,27 @@ def ends_with(spec: dict) -> Rule:
                                                                                                     ignore_case))))
 
 
+def mentions(spec: dict) -> Rule:
+    words = _get(spec, "words", list, required=True)
+    if not words or not all(isinstance(w, str) and w.strip() for w in words):
+        raise DPORecipesError("check 'mentions': 'words' must be a non-empty list of non-empty strings.")
+    flags = re.IGNORECASE if _get(spec, "ignore_case", bool, True) else 0
+    # A whole word: no Latin letter or digit right before or after ("red" is not in "bored" or "reddish"); text in
+    # scripts written without spaces (CJK) matches anywhere, as `evaluation.mentions` does for the identity name.
+    edge = "A-Za-z0-9\u00c0-\u024f"
+    pattern = re.compile(rf"(?<![{edge}])(?:" + "|".join(re.escape(w.strip()) for w in words) + rf")(?![{edge}])",
+                         flags)
+    return Rule(spec, lambda answer, row: float(pattern.search(answer) is not None))
+
+
 def all_of(spec: dict) -> Rule:
     parts = _get(spec, "checks", list, required=True)
     if not parts or not all(isinstance(p, dict) for p in parts):
         raise DPORecipesError("check 'all': 'checks' must be a non-empty list of check objects.")
     rules = [build_rule(p) for p in parts]
+    if _get(spec, "partial", bool, False):
+        return Rule(spec, lambda answer, row: sum(r.passes(r.score(answer, row)) for r in rules) / len(rules),
+                    needs_reference=any(r.needs_reference for r in rules))
     return Rule(spec, lambda answer, row: float(all(r.passes(r.score(answer, row)) for r in rules)),
                 needs_reference=any(r.needs_reference for r in rules))
 
@@ -209,7 +232,7 @@ def python(spec: dict) -> Rule:
 
 RULES: dict[str, Callable[[dict], Rule]] = {
     "exact": exact, "numeric": numeric, "regex": regex, "one_word": one_word, "json_keys": json_keys,
-    "lowercase": lowercase, "ends_with": ends_with, "all": all_of, "python": python,
+    "lowercase": lowercase, "ends_with": ends_with, "mentions": mentions, "all": all_of, "python": python,
 }
 
 
