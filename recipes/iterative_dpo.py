@@ -7,8 +7,15 @@
 Each round k answers `prompts_file` with the current policy (best-of-n: k samples a prompt, scored by the rows'
 checks or `--scorer`; or correction), pairs the best with the worst (`dpo_recipes.pairs`), and trains one DPO pass on
 those pairs. Held-out prompts (`heldout_file`, never in training: refused if they overlap) are answered greedily and
-checked before round 0 and after every round. OUTPUT_DIR/round_k/ keeps the round's pairs (+ report, summary, work
-file), adapter, metrics and plots; OUTPUT_DIR/summary.json and heldout.png the held-out score per round.
+checked before round 0 and after every round. General prompts (`general_prompts_file`, the 'general' rows of an
+eval-prompts file) are answered too, and each round's answers are measured against the base answers: loops, answers
+unchanged in substance, trained formats leaking into them, and the per-token KL (`dpo_recipes.pairs.intact`).
+OUTPUT_DIR/round_k/ keeps the round's pairs (+ report, summary, work file), adapter, metrics, plots and both sets of
+answers (heldout_answers.jsonl, general_answers.jsonl); OUTPUT_DIR/summary.json and heldout.png the held-out score
+per round.
+
+Killed, or to go further? Run the same command again (a larger --rounds to extend): it resumes after the last
+finished round, with the same pairs and scores an uninterrupted run makes (`dpo_recipes.pairs.rounds`).
 
 The LoRA reference (`--reference`):
 - fixed: one adapter trains on through the rounds and the reference is always the base model (adapter disabled), so
@@ -21,7 +28,6 @@ The LoRA reference (`--reference`):
 import dataclasses
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +38,11 @@ from trl import DPOConfig, ModelConfig, get_peft_config
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.jsonio import write_file_atomic, write_json_atomic
+from dpo_recipes.evaluation import load_eval_prompts
+from dpo_recipes.jsonio import write_file_atomic, write_json_atomic, write_jsonl_atomic
 from dpo_recipes.pairs import build_scorer, build_verifier, heldout_score, load_prompts, make_pairs, save_pairs
+from dpo_recipes.pairs import rounds as rounds_progress
+from dpo_recipes.pairs.intact import GeneralWatch, form_checks
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.tracking import save_log_history
 from dpo_recipes.trainer import RecipeDPOTrainer
@@ -62,6 +71,9 @@ class IterativeArguments(RecipeArguments):
     answer_batch_size: int = field(default=16, metadata={"help": "Prompts generated at once."})
     reference: str = field(default="fixed", metadata={"help": "fixed (the base) or previous (the last round's policy).",
                                                       "choices": ["fixed", "previous"]})
+    general_prompts_file: str | None = field(
+        default=None, metadata={"help": "Eval prompts (JSONL, 'prompt' and 'kind'); the 'general' ones are answered "
+                                "before round 0 and after each round and checked for damage. None: not measured."})
 
 
 def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelConfig) -> dict:
@@ -79,23 +91,39 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
                               f"{args.prompts_file} (e.g. {sorted(overlap)[0][:80]}); held-out prompts must never train.")
     verifier = build_verifier(args.verifier)
     verifier.prepare(train_prompts + heldout)  # every row's check, now
+    general = [p["prompt"] for p in load_eval_prompts(args.general_prompts_file) if p["kind"] == "general"]
+    if args.general_prompts_file and not general:
+        raise DPORecipesError(f"{args.general_prompts_file}: no prompt of kind 'general' to measure damage on.")
     out = Path(training_args.output_dir)
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite_output_dir:
-            raise DPORecipesError(f"{out} is not empty; iterative runs do not resume yet: pass --overwrite_output_dir "
-                                  "true or a new --output_dir.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = rounds_progress.run_settings(args, training_args, model_args, files={
+        "prompts_file": args.prompts_file, "heldout_file": args.heldout_file,
+        "general_prompts_file": args.general_prompts_file})
+    progress = rounds_progress.start(out, settings, args.overwrite_output_dir)  # None: a new run
 
     # 2. The starting policy (the embedded SmolLM2 when --model_name_or_path is unset) and its held-out score -----
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
     model = run.load_model_for(model_args, training_args, model_path)
     answers = dict(max_new_tokens=args.answer_max_new_tokens, batch_size=args.answer_batch_size)
-    scores = [heldout_score(model, tokenizer, heldout, verifier, **answers).score]
-    logger.info("round 0 held-out score: %.3f", scores[0])
-    rounds = []
+    watch = None
+    if general:  # the base answers, before any adapter (greedy: the same ones a resumed run started from)
+        watch = GeneralWatch(model, tokenizer, general, form_checks(train_prompts), identity_name=args.identity_name,
+                             kl_to="base" if args.reference == "fixed" else "previous round",
+                             max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size)
+        logger.info("round 0 general answers: %s", watch.baseline())
+    if progress is None:
+        held = heldout_score(model, tokenizer, heldout, verifier, **answers)
+        scores, rounds = [held.score], []
+        write_jsonl_atomic(out / "heldout_answers_before.jsonl", held.results)
+        logger.info("round 0 held-out score: %.3f", scores[0])
+    else:
+        scores, rounds = progress["heldout_score_by_round"], progress["rounds"]
+        model = rounds_progress.restore_policy(model, out, len(rounds), args.reference)
+        logger.info("resuming %s after %d finished round(s); held-out score by round so far: %s", out, len(rounds),
+                    scores)
+    stopped = progress["stopped"] if progress else None
+    general_before = watch.baseline() if watch is not None else None
 
-    for k in range(args.rounds):
+    for k in range(len(rounds), args.rounds if stopped is None else len(rounds)):
         # 3. Sample, score, pair with the current policy -----------------------------------------------------------
         round_dir = out / f"round_{k}"
         run.set_stage(f"round {k}: making pairs", output_dir=str(round_dir))
@@ -106,7 +134,9 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
                             chosen_source=args.chosen_source, rewrite_template=args.rewrite_template,
                             min_margin=args.min_margin, work_file=round_dir / "pairs.work.jsonl")
         if not result.rows:
-            logger.warning("round %d made no pair (%s): stopping after %d round(s)", k, result.why_empty(), k)
+            stopped = f"round {k} made no pair ({result.why_empty()})"
+            logger.warning("%s: stopping after %d round(s)", stopped, k)
+            rounds_progress.save(out, settings, scores, rounds, general_before, stopped)
             break
         pairs_file = round_dir / "pairs.jsonl"
         save_pairs(result, pairs_file)
@@ -115,7 +145,7 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
         args.dataset_name = str(pairs_file)
         data = run.load_train_data(args, training_args, tokenizer)
         round_args = dataclasses.replace(training_args, output_dir=str(round_dir), save_strategy="no")
-        if k > 0 and args.reference == "previous":
+        if args.reference == "previous" and hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()  # the last policy becomes the weights and the reference
         fresh = k == 0 or args.reference == "previous"
         start = time.perf_counter()
@@ -129,20 +159,35 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
         run.draw_plots(round_dir)
         model = trainer.model
 
-        # 5. The held-out score of the new policy --------------------------------------------------------------------
-        scores.append(heldout_score(model, tokenizer, heldout, verifier, **answers).score)
+        # 5. The held-out score of the new policy, and its general answers against the base ones ----------------
+        held = heldout_score(model, tokenizer, heldout, verifier, **answers)
+        scores.append(held.score)
+        write_jsonl_atomic(round_dir / "heldout_answers.jsonl", held.results)
         logger.info("round %d: %d pairs, held-out score %.3f -> %.3f", k, len(data.dataset), scores[-2], scores[-1])
         rounds.append({"round": k, "pairs": len(data.dataset), "pair_counts": result.counts,
                        "train_loss": metrics.get("train_loss"), "train_seconds": round(time.perf_counter() - start, 1),
                        "heldout_score_after": scores[-1]})
+        if watch is not None:
+            rounds[-1]["general"], rows = watch.measure(model)
+            write_jsonl_atomic(round_dir / "general_answers.jsonl", rows)
+            logger.info("round %d general answers: %s", k, rounds[-1]["general"])
+        rounds_progress.save(out, settings, scores, rounds, general_before)  # a rerun resumes after this round
 
     # 6. Summary and the held-out score per round -----------------------------------------------------------------
     summary = {"reference": args.reference, "pairs_mode": args.pairs_mode, "k": args.k,
                "heldout_prompts": len(heldout), "heldout_score_by_round": scores,
-               "gain_points": round(100 * (scores[-1] - scores[0]), 1), "rounds": rounds}
+               "gain_points": round(100 * (scores[-1] - scores[0]), 1), "rounds": rounds,
+               "general_before": general_before, "stopped": stopped}
     write_json_atomic(out / "summary.json", summary)
     plot_scores(scores, out / "heldout.png")
     print(f"held-out score by round: {' -> '.join(f'{s:.2f}' for s in scores)}; outputs in {out}")
+    if watch is not None and rounds:
+        last = rounds[-1]["general"]
+        kl = "n/a" if last["kl_per_token"] is None else f"{last['kl_per_token']:.3f} nats/token"
+        print(f"general answers after the last round ({watch.baseline()['prompts']} prompts): "
+              f"{last['unchanged_rate']:.2f} unchanged in substance, loops {last['degenerate_before']} -> "
+              f"{last['degenerate_after']}, {last['format_leaks_total']} with a trained format leaked in, KL to the "
+              f"{last['kl_to']} {kl}")
     return summary
 
 
