@@ -79,6 +79,9 @@ def test_format_rules():
     assert not passes(keys, '{"name": "Ada"}') and not passes(keys, "[1, 2]") and not passes(keys, "name: Ada")
     assert passes("lowercase", "all quiet here.") and not passes("lowercase", "Not quiet")
     assert not passes("lowercase", "123 !")  # no letters: nothing shows it is lowercase
+    assert not passes("lowercase", "中国的首都是北京。") and passes("lowercase", "北京 is the capital.".lower())
+    assert not passes("one_word", "中国是美国的首都，是一种美好的美风。") and passes("one_word", "北京。")
+    assert passes("one_word", "well-known") and not passes("one_word", "red,blue")
     ends = {"type": "ends_with", "phrase": "Hoot hoot!"}
     assert passes(ends, "Owls fly. Hoot hoot!\n") and not passes(ends, "Owls fly. hoot hoot!")
     assert passes({**ends, "ignore_case": True}, "owls. HOOT HOOT!")

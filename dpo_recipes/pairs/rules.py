@@ -7,11 +7,12 @@
     {"type": "regex", "pattern": "...", "mode": "fullmatch", "ignore_case": false}
                                                             the stripped answer fullmatches (or, mode "search",
                                                             contains) the pattern
-    {"type": "one_word"}                                    one word: no whitespace once stripped of a final . ! ?
+    {"type": "one_word"}                                    one word: no whitespace once stripped of a final . ! ?,
+                                                            and no comma or full stop inside
     {"type": "json_keys", "keys": ["name", "age"], "exact": false}
                                                             a JSON object (a ```json fence around it is allowed) with
                                                             these keys (exact: and no others)
-    {"type": "lowercase"}                                   has letters and no upper-case one
+    {"type": "lowercase"}                                   has cased letters and no upper-case one
     {"type": "ends_with", "phrase": "Goodbye.", "ignore_case": false}
                                                             the answer (trailing whitespace removed) ends with it
     {"type": "mentions", "words": ["orange", "black"], "ignore_case": true}
@@ -113,10 +114,15 @@ def regex(spec: dict) -> Rule:
     return Rule(spec, lambda answer, row: float(match(answer.strip()) is not None))
 
 
+_INNER_BREAK = re.compile(r"[,;:，。、；：！？!?]")  # a clause break inside the text: more than one word
+
+
 def one_word(spec: dict) -> Rule:
     def score(answer, row):
-        word = answer.strip().rstrip(".!?")
-        return float(bool(word) and not any(c.isspace() for c in word))
+        word = answer.strip().rstrip(".!?。！？")
+        # Whitespace separates words; text in a script written without spaces (a Chinese sentence) is no one word
+        # when a comma or full stop breaks it.
+        return float(bool(word) and not any(c.isspace() for c in word) and not _INNER_BREAK.search(word))
 
     return Rule(spec, score)
 
@@ -145,7 +151,9 @@ def json_keys(spec: dict) -> Rule:
 
 
 def lowercase(spec: dict) -> Rule:
-    return Rule(spec, lambda answer, row: float(any(c.isalpha() for c in answer) and answer == answer.lower()))
+    # At least one letter that has a case: digits, symbols or Chinese alone show nothing about case.
+    return Rule(spec, lambda answer, row: float(any(c.lower() != c.upper() for c in answer)
+                                                and answer == answer.lower()))
 
 
 def ends_with(spec: dict) -> Rule:
