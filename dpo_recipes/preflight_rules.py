@@ -41,8 +41,11 @@ LR_RANGES = {
     "full": (1e-7, 5e-6),
     # LoRA needs ~10x the full-parameter rate (presets.lora-gpu: 5e-6, TRL's LoRA example; the handbook's QLoRA DPO
     # 5e-6). The top: presets.identity-lora-cpu measured 3.5e-4 best and 5e-4 drifting general answers, unless an
-    # anchor term holds them (recipes/configs/dpo_lora.yaml runs 5e-4 with anchor_coef 10).
+    # anchor term holds them ("lora+anchor").
     "lora": (1e-6, 5e-4),
+    # With the anchor term: recipes/configs/dpo_lora.yaml runs 7e-4 with anchor_coef 10, general KL 0.036-0.052 over
+    # four seeds against 0.145-0.171 at 3.5e-4 without it (README, "Teaching without damage").
+    "lora+anchor": (1e-6, 1e-3),
 }
 # Loss types whose beta range is SimPO's or ORPO's rather than DPO's.
 _BETA_FAMILY = {"simpo": "simpo", "orpo": "orpo"}
@@ -363,7 +366,7 @@ def _bf16_ratio() -> str:
 
 
 def seed_ranges(s: Setup):
-    lr_kind = "lora" if s.peft else "full"
+    lr_kind = ("lora+anchor" if getattr(s.recipe_args, "anchor_coef", 0) else "lora") if s.peft else "full"
     low, high = LR_RANGES[lr_kind]
     if not low <= s.args.learning_rate <= high:
         yield s.find("risky", "learning_rate", f"outside the {lr_kind} seed range {low:g}-{high:g} (published DPO / "

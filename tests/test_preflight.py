@@ -99,6 +99,7 @@ def test_a_finding_names_where_its_value_came_from(tiny_model_dir):
 # --- risky combinations and what the recipe or TRL refuses -------------------------------------------------------
 RISKY = [
     ("dpo_lora", ["--learning_rate", "0.01"], "learning_rate", "risky"),  # above the LoRA seed range
+    ("dpo_lora", ["--learning_rate", "7e-4", "--anchor_coef", "0"], "learning_rate", "risky"),  # no anchor to hold it
     ("dpo_full", ["--learning_rate", "1e-4"], "learning_rate", "risky"),  # above the full-parameter range
     ("dpo_lora", ["--beta", "5"], "beta", "risky"),
     ("simpo", ["--beta", "0.1"], "beta", "risky"),  # SimPO's beta lives at 2-10
