@@ -41,6 +41,7 @@ LOSS_HOOKS = ("odpo", "rdpo")
 SCORE_COLUMNS = ("score_chosen", "score_rejected")
 ROW_COLUMNS = (*SCORE_COLUMNS, "anchor")  # per-pair values the hooks read; never model inputs
 ANCHOR_REFERENCE = "_anchor_reference_token_logps"  # the cached reference per token on chosen rows, in a batch
+BATCH_ONLY = (*ROW_COLUMNS, ANCHOR_REFERENCE)  # keys the loss reads from a batch and TRL must not pass to the model
 
 
 class ScoreCollator:
@@ -208,7 +209,7 @@ class RecipeDPOTrainer(DPOTrainer):
     def compute_ref_log_probs(self, model, inputs):
         # TRL passes every non-token key of the batch to the model; the scores and anchor flags are not model inputs.
         with self._sharing_prompts():
-            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in ROW_COLUMNS})
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k not in BATCH_ONLY})
 
     @contextlib.contextmanager
     def _sharing_prompts(self):
@@ -309,12 +310,8 @@ class RecipeDPOTrainer(DPOTrainer):
 
     def _reference_token_log_probs(self, records: list[tuple[str, torch.Tensor]],
                                    inputs: dict[str, Any]) -> torch.Tensor:
-        """The one reference forward's per-token log-probs, aligned with `completion_mask[..., 1:]` as TRL aligns
-        them in `compute_ref_log_probs`."""
-        if len(records) != 1:
-            raise RuntimeError(f"expected 1 fused forward in DPOTrainer.compute_ref_log_probs, saw {len(records)}; "
-                               "this TRL version computes the reference differently than TRL 1.16.")
-        return records[0][1][:, -(inputs["completion_mask"].size(1) - 1):]
+        """The one reference forward's per-token log-probs, aligned as TRL aligns them in `compute_ref_log_probs`."""
+        return _aligned(records, inputs, 1, "DPOTrainer.compute_ref_log_probs")[0]
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -332,7 +329,7 @@ class RecipeDPOTrainer(DPOTrainer):
         scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
         anchors = inputs.get("anchor")
         cached_reference = inputs.get(ANCHOR_REFERENCE)
-        inputs = {k: v for k, v in inputs.items() if k not in ROW_COLUMNS and k != ANCHOR_REFERENCE}
+        inputs = {k: v for k, v in inputs.items() if k not in BATCH_ONLY}
         if self.loss_hook is None and not self.anchor_coef:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -396,12 +393,8 @@ class RecipeDPOTrainer(DPOTrainer):
                          inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs of the policy and of the reference (None when precomputed), `[2 * batch, tokens]`
         (chosen rows first), aligned with `completion_mask[..., 1:]` as TRL aligns them."""
-        seq_len = inputs["completion_mask"].size(1) - 1
-        expected = 1 if self.precompute_ref_logps else 2
-        if len(records) != expected:
-            raise RuntimeError(f"expected {expected} fused forward(s) in DPOTrainer._compute_loss, saw {len(records)}; "
-                               "this TRL version computes the loss differently than TRL 1.16.")
-        return records[0][1][:, -seq_len:], records[1][1][:, -seq_len:] if expected == 2 else None
+        aligned = _aligned(records, inputs, 1 if self.precompute_ref_logps else 2, "DPOTrainer._compute_loss")
+        return aligned[0], aligned[1] if len(aligned) == 2 else None
 
     def _hook_loss(self, records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any],
                    scores: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -486,6 +479,17 @@ class RecipeDPOTrainer(DPOTrainer):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def _aligned(records: list[tuple[str, torch.Tensor]], inputs: dict[str, Any], expected: int,
+             where: str) -> list[torch.Tensor]:
+    """The recorded fused-head forwards' per-token log-probs, each aligned with `completion_mask[..., 1:]` as TRL
+    aligns them (prompt-learning PEFT prepends virtual tokens); `expected` forwards, or this TRL computes otherwise."""
+    if len(records) != expected:
+        raise RuntimeError(f"expected {expected} fused forward(s) in {where}, saw {len(records)}; this TRL version "
+                           "computes the loss differently than TRL 1.16.")
+    seq_len = inputs["completion_mask"].size(1) - 1
+    return [log_probs[:, -seq_len:] for _, log_probs in records]
 
 
 def _shared_prompt_wrappers(models: list, accelerator=None) -> list:

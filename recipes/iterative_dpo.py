@@ -100,30 +100,35 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
         "general_prompts_file": args.general_prompts_file})
     progress = rounds_progress.start(out, settings, args.overwrite_output_dir)  # None: a new run
 
-    # 2. The starting policy (the embedded SmolLM2 when --model_name_or_path is unset) and its held-out score -----
-    tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
-    model = run.load_model_for(model_args, training_args, model_path)
-    answers = dict(max_new_tokens=args.answer_max_new_tokens, batch_size=args.answer_batch_size)
-    watch = None
-    if general:  # the base answers, before any adapter (greedy: the same ones a resumed run started from)
-        watch = GeneralWatch(model, tokenizer, general, form_checks(train_prompts), identity_name=args.identity_name,
-                             kl_to="base" if args.reference == "fixed" else "previous round",
-                             max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size)
-        logger.info("round 0 general answers: %s", watch.baseline())
-    if progress is None:
-        held = heldout_score(model, tokenizer, heldout, verifier, **answers)
-        scores, rounds = [held.score], []
-        write_jsonl_atomic(out / "heldout_answers_before.jsonl", held.results)
-        logger.info("round 0 held-out score: %.3f", scores[0])
-    else:
-        scores, rounds = progress["heldout_score_by_round"], progress["rounds"]
-        model = rounds_progress.restore_policy(model, out, len(rounds), args.reference)
-        logger.info("resuming %s after %d finished round(s); held-out score by round so far: %s", out, len(rounds),
-                    scores)
+    scores, rounds = (progress["heldout_score_by_round"], progress["rounds"]) if progress else ([], [])
     stopped = progress["stopped"] if progress else None
-    general_before = watch.baseline() if watch is not None else None
+    general_before = progress["general_before"] if progress else None
+    todo = range(len(rounds), args.rounds) if stopped is None else range(0)  # a finished run only rewrites its summary
 
-    for k in range(len(rounds), args.rounds if stopped is None else len(rounds)):
+    # 2. The starting policy (the embedded SmolLM2 when --model_name_or_path is unset) and its held-out score -----
+    watch = None
+    if progress is None or todo:
+        tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
+        model = run.load_model_for(model_args, training_args, model_path)
+        answers = dict(max_new_tokens=args.answer_max_new_tokens, batch_size=args.answer_batch_size)
+        if general:  # the base answers, before any adapter (greedy: the same ones a resumed run started from)
+            watch = GeneralWatch(model, tokenizer, general, form_checks(train_prompts),
+                                 identity_name=args.identity_name,
+                                 kl_to="base" if args.reference == "fixed" else "previous round",
+                                 max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size)
+            general_before = watch.baseline()
+            logger.info("round 0 general answers: %s", general_before)
+        if progress is None:
+            held = heldout_score(model, tokenizer, heldout, verifier, **answers)
+            scores = [held.score]
+            write_jsonl_atomic(out / "heldout_answers_before.jsonl", held.results)
+            logger.info("round 0 held-out score: %.3f", scores[0])
+        else:
+            model = rounds_progress.restore_policy(model, out, len(rounds), args.reference)
+            logger.info("resuming %s after %d finished round(s); held-out score by round so far: %s", out,
+                        len(rounds), scores)
+
+    for k in todo:
         # 3. Sample, score, pair with the current policy -----------------------------------------------------------
         round_dir = out / f"round_{k}"
         run.set_stage(f"round {k}: making pairs", output_dir=str(round_dir))
@@ -181,10 +186,10 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
     write_json_atomic(out / "summary.json", summary)
     plot_scores(scores, out / "heldout.png")
     print(f"held-out score by round: {' -> '.join(f'{s:.2f}' for s in scores)}; outputs in {out}")
-    if watch is not None and rounds:
+    if general_before is not None and rounds:
         last = rounds[-1]["general"]
         kl = "n/a" if last["kl_per_token"] is None else f"{last['kl_per_token']:.3f} nats/token"
-        print(f"general answers after the last round ({watch.baseline()['prompts']} prompts): "
+        print(f"general answers after the last round ({general_before['prompts']} prompts): "
               f"{last['unchanged_rate']:.2f} unchanged in substance, loops {last['degenerate_before']} -> "
               f"{last['degenerate_after']}, {last['format_leaks_total']} with a trained format leaked in, KL to the "
               f"{last['kl_to']} {kl}")
