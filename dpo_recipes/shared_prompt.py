@@ -8,7 +8,9 @@ While `shared_prompts(model)` is active, the model's backbone (the decoder stack
 one row instead: the tokens both rows share from the start (the prompt, and any answer tokens that begin alike) once,
 then the chosen tail, then the rejected tail. A 4D attention mask keeps the rejected tail from seeing the chosen tail,
 and position ids restart the rejected tail where the shared part ends, so every token sees exactly the keys and
-positions it sees in its own row. The hidden states are then gathered back into TRL's `[chosen; rejected]` layout,
+positions it sees in its own row. Packed pairs shorter than the batch's longest share a row where they fit in its
+length (the mask keeps them apart), so the padding a batch of mixed lengths would carry is mostly not computed.
+The hidden states are then gathered back into TRL's `[chosen; rejected]` layout,
 so the LM head, the log-probs, the loss and all metrics are TRL's own code on the same values (equal to float
 rounding: tested against the unshared forward, and the gradients too, which sum over both uses of a shared token).
 With dropout on (TRL disables it by default), both answers see one dropout mask over the prompt instead of two.
@@ -70,64 +72,105 @@ def _backbone(model):
 
 @dataclass
 class PackedPairs:
-    """Pairs packed one row each, and how to put their hidden states back in the `[chosen; rejected]` layout."""
+    """Pairs packed into rows, and how to put their hidden states back in the `[chosen; rejected]` layout."""
 
-    input_ids: torch.Tensor       # (pairs, packed length)
-    position_ids: torch.Tensor    # (pairs, packed length)
-    attention_mask: torch.Tensor  # (pairs, 1, packed length, packed length), True where a query may see a key
+    input_ids: torch.Tensor       # (packed rows, packed length)
+    position_ids: torch.Tensor    # (packed rows, packed length)
+    attention_mask: torch.Tensor  # (packed rows, 1, packed length, packed length), True where a query may see a key
     row: torch.Tensor             # (2 * pairs, length): packed row of each original position
     column: torch.Tensor          # (2 * pairs, length): packed position of each original position
 
 
+def share_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Which pairs share a packed row: first-fit decreasing into rows of `width` tokens (the batch's longest packed
+    pair, so no row is longer, and no attention wider, than without sharing). Each row lists its pairs in batch
+    order, and rows are ordered by their first pair: a batch in which nothing fits together keeps one pair a row."""
+    rows: list[list[int]] = []
+    filled: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, used in enumerate(filled) if used + lengths[i] <= width), len(rows))
+        if r == len(rows):
+            rows.append([])
+            filled.append(0)
+        rows[r].append(i)
+        filled[r] += lengths[i]
+    return sorted(sorted(row) for row in rows)
+
+
 def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedPairs | None:
-    """Pack TRL's right-padded `[chosen; rejected]` batch (2 * pairs rows) into one row per pair, or None when the
-    batch is not in that layout (odd rows, left or inner padding)."""
+    """Pack TRL's right-padded `[chosen; rejected]` batch (2 * pairs rows) into packed pairs, several to a row where
+    they fit in the longest one's length (`share_rows`), or None when the batch is not in that layout (odd rows, left
+    or inner padding). Pairs in one row never see each other: the mask is block-diagonal, and each pair's positions
+    start at 0, so every token sees exactly the keys and positions it sees in its own row of TRL's layout, and the
+    padding the batch's shorter pairs would carry is not computed."""
     rows, length = input_ids.shape
     if rows % 2 or attention_mask is None or attention_mask.shape != input_ids.shape:
         return None
     mask = attention_mask.bool()
+    device = mask.device
     lengths = mask.sum(dim=1)
-    if not torch.equal(mask, torch.arange(length, device=mask.device) < lengths[:, None]):
+    if not torch.equal(mask, torch.arange(length, device=device) < lengths[:, None]):
         return None  # only right padding: the real tokens must be a prefix of each row
     pairs = rows // 2
     chosen_len, rejected_len = lengths[:pairs], lengths[pairs:]
     both = torch.minimum(chosen_len, rejected_len)
-    differs = (input_ids[:pairs] != input_ids[pairs:]) | (torch.arange(length, device=mask.device) >= both[:, None])
+    differs = (input_ids[:pairs] != input_ids[pairs:]) | (torch.arange(length, device=device) >= both[:, None])
     # The shared prefix ends at the first position where the rows differ (or where the shorter one ends).
     shared = torch.where(differs.any(dim=1), differs.int().argmax(dim=1), both)
     chosen_tail, rejected_tail = chosen_len - shared, rejected_len - shared
     packed_len = shared + chosen_tail + rejected_tail
     width = int(packed_len.max())
 
-    key = torch.arange(width, device=mask.device)[None, :]                        # packed positions, as keys
-    query = key.transpose(0, 1)                                                    # and as queries, down
-    in_row = key < packed_len[:, None]
-    in_rejected_tail = (key >= chosen_len[:, None]) & in_row
-    positions = torch.where(in_rejected_tail, key - chosen_tail[:, None], key)
-    positions = torch.where(in_row, positions, 0)
-
+    # Each pair on its own first, over its packed positions j: the shared part, the chosen tail, the rejected tail.
+    j = torch.arange(width, device=device)[None, :]
+    in_pair = j < packed_len[:, None]
+    in_rejected_tail = (j >= chosen_len[:, None]) & in_pair
+    in_chosen_tail = (j >= shared[:, None]) & (j < chosen_len[:, None])
+    positions = torch.where(in_rejected_tail, j - chosen_tail[:, None], j)
     # Which original (row, position) fills each packed position: the chosen row for the shared part and its tail,
-    # the rejected row (shifted back over the chosen tail) for the rejected tail. Padding repeats some real token.
-    pair = torch.arange(pairs, device=mask.device)[:, None]
+    # the rejected row (shifted back over the chosen tail) for the rejected tail.
+    pair = torch.arange(pairs, device=device)[:, None]
     source_row = torch.where(in_rejected_tail, pair + pairs, pair)
-    source_col = torch.where(in_rejected_tail, key - chosen_tail[:, None], key).clamp(max=length - 1)
-    packed_ids = input_ids[source_row, source_col]
+    source_col = torch.where(in_rejected_tail, j - chosen_tail[:, None], j).clamp(max=length - 1)
 
-    in_chosen_tail = (key >= shared[:, None]) & (key < chosen_len[:, None])
-    visible = ((key <= query)[None] & in_row[:, None, :]
-               & ~(in_rejected_tail[:, :, None] & in_chosen_tail[:, None, :]))
-    visible = visible | torch.eye(width, dtype=torch.bool, device=mask.device)[None]  # padding sees itself: no NaN
+    # Then the pairs side by side in their packed rows: pair i starts at `offset[i]` in row `packed_row[i]`.
+    packed_row, offset = [0] * pairs, [0] * pairs
+    grouping = share_rows(packed_len.tolist(), width)
+    for r, members in enumerate(grouping):
+        start = 0
+        for i in members:
+            packed_row[i], offset[i] = r, start
+            start += int(packed_len[i])
+    packed_row = torch.tensor(packed_row, device=device)
+    offset = torch.tensor(offset, device=device)
+    at = (packed_row[:, None].expand(pairs, width)[in_pair], (offset[:, None] + j)[in_pair])
 
-    # Back: original chosen position t is packed t; rejected position t is t below the shared prefix, else t + tail.
-    t = torch.arange(length, device=mask.device)[None, :]
-    column = torch.cat([t.expand(pairs, length),
-                        torch.where(t < shared[:, None], t, t + chosen_tail[:, None])]).clamp(max=width - 1)
-    row = torch.arange(pairs, device=mask.device).repeat(2)[:, None].expand(rows, length)
-    return PackedPairs(packed_ids, positions, visible[:, None], row, column)
+    def place(values: torch.Tensor, fill) -> torch.Tensor:
+        out = torch.full((len(grouping), width), fill, dtype=values.dtype, device=device)
+        out[at] = values[in_pair]
+        return out
+
+    # Padding (-1 owner) repeats some real token; it sees only itself, so no row of the mask is empty (no NaN).
+    packed_ids = place(input_ids[source_row, source_col], int(input_ids[0, 0]))
+    owner = place(pair.expand(pairs, width), -1)
+    local = place(j.expand(pairs, width), 0)
+    rejected_query, chosen_key = place(in_rejected_tail, False), place(in_chosen_tail, False)
+    visible = ((owner[:, :, None] == owner[:, None, :]) & (owner >= 0)[:, None, :]
+               & (local[:, None, :] <= local[:, :, None])
+               & ~(rejected_query[:, :, None] & chosen_key[:, None, :]))
+    visible = visible | torch.eye(width, dtype=torch.bool, device=device)[None]
+
+    # Back: original chosen position t is packed t; rejected position t is t below the shared prefix, else t + tail,
+    # each from its pair's offset. Padding positions read some real token's state: TRL scores none of them.
+    t = torch.arange(length, device=device)[None, :]
+    within = torch.cat([t.expand(pairs, length), torch.where(t < shared[:, None], t, t + chosen_tail[:, None])])
+    column = (offset.repeat(2)[:, None] + within).clamp(max=width - 1)
+    row = packed_row.repeat(2)[:, None].expand(rows, length)
+    return PackedPairs(packed_ids, place(positions, 0), visible[:, None], row, column)
 
 
 def unpack_hidden(hidden: torch.Tensor, packed: PackedPairs) -> torch.Tensor:
-    """(pairs, packed length, d) hidden states -> (2 * pairs, length, d) in TRL's layout (padding positions get some
+    """(packed rows, packed length, d) hidden states -> (2 * pairs, length, d) in TRL's layout (padding positions get some
     real token's state; TRL scores none of them)."""
     return hidden[packed.row, packed.column]
 

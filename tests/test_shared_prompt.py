@@ -18,6 +18,13 @@ EXAMPLES = [  # prompts of different lengths; answers that start alike, differ a
     {"prompt_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], "chosen_ids": [12], "rejected_ids": [12, 13, 14]},
 ]
 
+SHARING_A_ROW = [  # one long pair; three short ones that fit side by side in its length (7 + 8 + 6 <= 22 tokens)
+    {"prompt_ids": list(range(1, 11)), "chosen_ids": [11, 12, 13, 14, 15, 16], "rejected_ids": [17, 18, 19, 20, 21, 22]},
+    {"prompt_ids": [3, 4, 5], "chosen_ids": [6, 7], "rejected_ids": [8, 9]},
+    {"prompt_ids": [3, 4, 5, 6], "chosen_ids": [7, 8, 9], "rejected_ids": [10]},
+    {"prompt_ids": [2, 3], "chosen_ids": [4, 5], "rejected_ids": [4, 6, 7]},
+]
+
 
 def batch(examples=EXAMPLES, **collator):
     return DataCollatorForPreference(pad_token_id=0, **collator)(examples)
@@ -42,12 +49,34 @@ def test_pack_pairs_shares_the_common_prefix_and_restarts_the_rejected_positions
     assert torch.equal(rows[real], b["input_ids"][real])
 
 
+def test_short_pairs_share_a_row_without_seeing_each_other():
+    from dpo_recipes.shared_prompt import share_rows
+
+    b = batch(SHARING_A_ROW)
+    packed = pack_pairs(b["input_ids"], b["attention_mask"])
+    assert share_rows([22, 7, 8, 6], 22) == [[0], [1, 2, 3]]
+    assert packed.input_ids.shape == (2, 22)  # 2 rows of 22 positions where one pair a row ran 4 x 22
+    assert packed.input_ids[1].tolist() == [3, 4, 5, 6, 7, 8, 9, 3, 4, 5, 6, 7, 8, 9, 10, 2, 3, 4, 5, 6, 7, 1]
+    assert packed.position_ids[1].tolist() == [0, 1, 2, 3, 4, 3, 4, 0, 1, 2, 3, 4, 5, 6, 4, 0, 1, 2, 3, 3, 4, 0]
+    visible = packed.attention_mask[1, 0]
+    assert not visible[7:, :7].any() and not visible[:7, 7:].any()     # pair 2 sees nothing of pair 1, and back
+    assert not visible[15:, :15].any()                                 # pair 3 sees neither
+    assert visible[14, 7:11].all() and not visible[14, 11:14].any()    # pair 2's rejected tail: prompt, not chosen
+    assert visible[20, 15:18].all() and not visible[20, 18] and visible[20, 19]  # pair 3: shared [2, 3, 4], chosen [5]
+    assert visible[21].tolist() == [False] * 21 + [True]              # padding sees itself only
+    hidden = packed.input_ids[..., None].float()
+    rows = unpack_hidden(hidden, packed)[..., 0].long()
+    real = b["attention_mask"].bool()
+    assert torch.equal(rows[real], b["input_ids"][real])
+
+
+@pytest.mark.parametrize("examples", ["pair_a_row", "sharing_a_row"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_log_probs_and_gradients_equal_the_two_row_forward(attention):
+def test_log_probs_and_gradients_equal_the_two_row_forward(attention, examples):
     model = tiny_model(tiny_tokenizer())
     model.config._attn_implementation = attention
     add_fused_lm_head(model)
-    b = batch()
+    b = batch(EXAMPLES if examples == "pair_a_row" else SHARING_A_ROW)
     labels = b["input_ids"].masked_fill(b["completion_mask"] == 0, -100)
     wrapper = install(model)
 
@@ -61,7 +90,9 @@ def test_log_probs_and_gradients_equal_the_two_row_forward(attention):
 
     plain, plain_grads = run(False)
     shared, shared_grads = run(True)
-    assert wrapper.packed_batches == 1 and wrapper.tokens_after * 2 == wrapper.tokens_before
+    # 3 pairs of 9, 9 and 14 packed tokens, one a row, against 6 rows of 12; or 2 rows of 22 against 8 rows of 16
+    assert wrapper.packed_batches == 1 and wrapper.tokens_after * {"pair_a_row": 2, "sharing_a_row": 128 / 44}[
+        examples] == wrapper.tokens_before
     assert plain.abs().sum() > 0
     torch.testing.assert_close(shared, plain, atol=1e-5, rtol=1e-5)
     for name, grad in plain_grads.items():
@@ -75,13 +106,25 @@ SETUPS = {
     "lora_precomputed_reference": dict(peft=True, precompute_ref_log_probs=True),
     "full_with_reference_model": dict(),
     "odpo_hook": dict(peft=True, loss_hook="odpo"),
+    "lora_rows_shared": dict(peft=True, dataset="mixed_lengths"),
 }
+
+
+def mixed_lengths(n: int = 8):
+    """Pairs whose prompts differ in length by up to 30 tokens: short pairs share the longest one's row."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": f"Q{i}:" + " name" * (1 + 30 * (i % 4 == 0)), "chosen": " I am Ada" + "!" * i,
+                               "rejected": f" no {i * 7}"} for i in range(n)])
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_trainer_loss_and_gradients_equal_unshared(tmp_path, setup):
     def loss_and_grads(share):
-        trainer = make(tmp_path / str(share), share_prompts=share, **SETUPS[setup])
+        kwargs = dict(SETUPS[setup])
+        if kwargs.get("dataset") == "mixed_lengths":
+            kwargs["dataset"] = mixed_lengths()
+        trainer = make(tmp_path / str(share), share_prompts=share, **kwargs)
         b = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         trainer.model.train()
         loss = trainer.compute_loss(trainer.model, dict(b))
