@@ -135,12 +135,13 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedP
 
     # Then the pairs side by side in their packed rows: pair i starts at `offset[i]` in row `packed_row[i]`.
     packed_row, offset = [0] * pairs, [0] * pairs
-    grouping = share_rows(packed_len.tolist(), width)
+    sizes = packed_len.tolist()
+    grouping = share_rows(sizes, width)
     for r, members in enumerate(grouping):
         start = 0
         for i in members:
             packed_row[i], offset[i] = r, start
-            start += int(packed_len[i])
+            start += sizes[i]
     packed_row = torch.tensor(packed_row, device=device)
     offset = torch.tensor(offset, device=device)
     at = (packed_row[:, None].expand(pairs, width)[in_pair], (offset[:, None] + j)[in_pair])
@@ -153,10 +154,10 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedP
     # Padding (-1 owner) repeats some real token; it sees only itself, so no row of the mask is empty (no NaN).
     packed_ids = place(input_ids[source_row, source_col], int(input_ids[0, 0]))
     owner = place(pair.expand(pairs, width), -1)
-    local = place(j.expand(pairs, width), 0)
     rejected_query, chosen_key = place(in_rejected_tail, False), place(in_chosen_tail, False)
+    # Within one pair's segment, packed order is its own order: causal over the row's columns is causal over the pair.
     visible = ((owner[:, :, None] == owner[:, None, :]) & (owner >= 0)[:, None, :]
-               & (local[:, None, :] <= local[:, :, None])
+               & (j <= j.transpose(0, 1))[None]
                & ~(rejected_query[:, :, None] & chosen_key[:, None, :]))
     visible = visible | torch.eye(width, dtype=torch.bool, device=device)[None]
 
