@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl import ScriptArguments
+from trl import ModelConfig, ScriptArguments
 
 from dpo_recipes.errors import DPORecipesError
 
@@ -191,6 +191,24 @@ class RecipeArguments(ScriptArguments):
                                 require_score_order=not self.allow_score_ties)
 
 
+@dataclass
+class RecipeModelConfig(ModelConfig):
+    """TRL's `ModelConfig` and the LoRA setting it lacks: which decoder layers get adapters."""
+
+    lora_top_fraction: float = field(
+        default=1.0,
+        metadata={"help": "Share of the decoder layers, counted from the top, that get LoRA adapters (PEFT's "
+                  "layers_to_transform): 1 = all; 0.5 on a 30-layer model = layers 15-29. The layers below keep the "
+                  "base's weights, so the backward pass stops above them."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 < self.lora_top_fraction <= 1:
+            raise DPORecipesError(f"--lora_top_fraction {self.lora_top_fraction}: use a share of the layers in (0, 1] "
+                                  "(1 = every layer, 0.5 = the upper half).")
+
+
 def _cli_value(argv: list[str], flag: str) -> str | None:
     """The value given to `--flag` on the command line (`--flag v` or `--flag=v`), else None."""
     for i, arg in enumerate(argv):
@@ -240,17 +258,17 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     gets the rules' defaults, no identity evaluation, and `outputs/<recipe>-<data name>` as output_dir.
     Preset: `--preset a,b` (overlaid left to right), else the YAML's `preset`, else the recipe's own `preset`
     (dpo_full.py: full-gpu), else `default_preset()` for this hardware. `variant` ('orpo', 'simpo', 'kto'): take the loss from that trainer's settings (see `preset_defaults`).
-    Returns the dataclass instances, (RecipeArguments, DPOConfig, ModelConfig) by default; `RecipeArguments.preset`
-    holds the preset names that applied.
+    Returns the dataclass instances, (RecipeArguments, DPOConfig, RecipeModelConfig) by default;
+    `RecipeArguments.preset` holds the preset names that applied.
     """
-    from trl import DPOConfig, ModelConfig, TrlParser
+    from trl import DPOConfig, TrlParser
 
     from dpo_recipes.distributed import check_launch_environment
     from dpo_recipes.presets import default_preset, preset_defaults
 
     check_launch_environment()
 
-    parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, ModelConfig))
+    parser = TrlParser(dataclass_types or (RecipeArguments, DPOConfig, RecipeModelConfig))
     parser.error = _refuse_argument  # one line ('--lora_r sixteen'), not argparse's usage screen
     argv = canonical_flags(parser, list(sys.argv[1:] if argv is None else argv))
     config_path = _cli_value(argv, "--config")

@@ -209,6 +209,30 @@ def load_model(name_or_path: str, *, dtype: str | None = "float32", revision: st
         raise DPORecipesError(_load_failure(name_or_path, "model", exc)) from None
 
 
+def lora_config(model_args, model):
+    """TRL's `get_peft_config(model_args)` (None without use_peft), adapting only the top `lora_top_fraction` of
+    `model`'s decoder layers: PEFT's `layers_to_transform`, counted for this model, so one setting fits any depth."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    fraction = getattr(model_args, "lora_top_fraction", 1.0)
+    if config is None or fraction >= 1:
+        return config
+    layers = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    if not layers:
+        raise DPORecipesError(f"--lora_top_fraction {fraction}: {type(model).__name__}'s config has no "
+                              "num_hidden_layers to count the layers by; leave it at 1.")
+    targets = config.target_modules
+    if isinstance(targets, str) and targets.lower() != "all-linear":
+        raise DPORecipesError(f"--lora_top_fraction picks layers by index, which PEFT cannot combine with a regex "
+                              f"in lora_target_modules ({targets!r}): name the modules (e.g. q_proj v_proj), or "
+                              "leave lora_top_fraction at 1 and put the layers in the regex.")
+    # Set after LoraConfig.__post_init__, which refuses layers_to_transform with any string target, "all-linear"
+    # included; PEFT resolves "all-linear" to the linear layers' names before it matches layer indices.
+    config.layers_to_transform = list(range(layers - max(1, round(layers * fraction)), layers))
+    return config
+
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 

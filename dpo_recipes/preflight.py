@@ -216,13 +216,11 @@ def parse_config(config: str, recipe: str = "dpo_lora", argv: list[str] | tuple 
     import tempfile
 
     import yaml
-    from trl import ModelConfig
-
-    from dpo_recipes.config import RecipeArguments, _read_yaml_config, parse_recipe_args
+    from dpo_recipes.config import RecipeArguments, RecipeModelConfig, _read_yaml_config, parse_recipe_args
     from dpo_recipes.preflight_rules import KEY_HINTS
 
     spec = RECIPES.get(recipe)
-    types = (RecipeArguments, recipe_config_class(recipe), ModelConfig)
+    types = (RecipeArguments, recipe_config_class(recipe), RecipeModelConfig)
     raw = _read_yaml_config(config)
     known = {f.name for t in types for f in dataclasses.fields(t) if f.init} | {"env"}  # TrlParser reads env too
     unknown = [k for k in raw if k not in known]

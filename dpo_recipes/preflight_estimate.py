@@ -62,7 +62,7 @@ def model_facts(model_args, training_args, fetch: bool = False) -> tuple[dict | 
         path = Path(name).expanduser() if Path(name).expanduser().is_dir() else name
     lora = (model_args.use_peft, model_args.lora_r, str(model_args.lora_target_modules),
             str(model_args.lora_target_parameters), str(model_args.lora_modules_to_save), model_args.use_dora,
-            model_args.lora_task_type)
+            model_args.lora_task_type, getattr(model_args, "lora_top_fraction", 1.0))
     key = (str(path), model_args.model_revision, model_args.attn_implementation, lora, fetch)
     if key not in _FACTS:
         import warnings
@@ -122,15 +122,17 @@ def _shared_prompt_reason(model, attention: str | None) -> str | None:
 
 
 def _lora_facts(model, model_args) -> dict:
-    """Trainable parameters of the LoRA config the recipe builds (trl.get_peft_config), applied to the skeleton."""
+    """Trainable parameters of the LoRA config the recipe builds (dpo_recipes.models.lora_config), applied to the
+    skeleton."""
     import torch
     from peft import get_peft_model
     from peft.tuners.tuners_utils import BaseTunerLayer
-    from trl import get_peft_config
+
+    from dpo_recipes.models import lora_config
 
     try:
         with torch.device("meta"):
-            peft_model = get_peft_model(model, get_peft_config(model_args))
+            peft_model = get_peft_model(model, lora_config(model_args, model))
     except Exception as exc:  # a target that matches nothing: PEFT says which, the recipe would stop there too
         return {"lora_problem": str(exc).splitlines()[0][:200]}
     trainable, _ = peft_model.get_nb_trainable_parameters()

@@ -225,7 +225,7 @@ def model_loading(s: Setup):
 def peft_settings(s: Setup):
     m = s.model_args
     lora = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_target_parameters",
-            "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora")
+            "lora_modules_to_save", "lora_task_type", "use_rslora", "use_dora", "lora_top_fraction")
     if not s.peft:  # trl get_peft_config returns None when use_peft is false
         for name in lora:
             if s.configured(name):

@@ -55,7 +55,8 @@ TRAINING_KEYS = ("loss_type", "loss_weights", "beta", "label_smoothing", "learni
                  "ref_model_sync_steps", "alpha", "cpo_alpha", "simpo_gamma", "desirable_weight", "undesirable_weight",
                  "world_size")
 MODEL_KEYS = ("dtype", "load_in_4bit", "load_in_8bit", "use_peft", "lora_r", "lora_alpha", "lora_dropout",
-              "lora_target_modules", "lora_target_parameters", "lora_modules_to_save", "use_rslora", "use_dora")
+              "lora_target_modules", "lora_target_parameters", "lora_modules_to_save", "use_rslora", "use_dora",
+              "lora_top_fraction")
 HOOK_KEYS = {"odpo": ("odpo_alpha", "odpo_ratio"), "rdpo": ("rdpo_alpha",)}
 # What a run writes into output_dir; --overwrite_output_dir removes these (and only these) before starting afresh.
 RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "summary.json", "metrics.jsonl",

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import transformers
-from trl import get_peft_config
 
 from dpo_recipes import run
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
+from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.trainer import RecipeDPOTrainer
 
@@ -52,7 +52,7 @@ def main(recipe_args, training_args, model_args):
     start = time.perf_counter()  # includes the reference log-prob precomputation done in the constructor
     trainer = RecipeDPOTrainer(
         model=model, args=training_args, train_dataset=data.dataset, eval_dataset=data.eval_dataset,
-        processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args),
+        processing_class=tokenizer, callbacks=watch.callbacks, peft_config=lora_config(model_args, model),
         loss_hook=recipe_args.loss_hook, odpo_alpha=recipe_args.odpo_alpha, odpo_ratio=recipe_args.odpo_ratio,
         rdpo_alpha=recipe_args.rdpo_alpha, share_prompts=recipe_args.share_prompts,
         reference_cache=recipe_args.reference_cache, anchor_coef=recipe_args.anchor_coef)

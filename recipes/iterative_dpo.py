@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import transformers
-from trl import DPOConfig, ModelConfig, get_peft_config
+from trl import DPOConfig
 
 from dpo_recipes import run
-from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.evaluation import load_eval_prompts
 from dpo_recipes.jsonio import write_file_atomic, write_json_atomic, write_jsonl_atomic
+from dpo_recipes.models import lora_config
 from dpo_recipes.pairs import build_scorer, build_verifier, heldout_score, load_prompts, make_pairs, save_pairs
 from dpo_recipes.pairs import rounds as rounds_progress
 from dpo_recipes.pairs.intact import GeneralWatch, form_checks
@@ -76,7 +77,7 @@ class IterativeArguments(RecipeArguments):
                                 "before round 0 and after each round and checked for damage. None: not measured."})
 
 
-def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelConfig) -> dict:
+def main(args: IterativeArguments, training_args: DPOConfig, model_args: RecipeModelConfig) -> dict:
     # 1. Logging, seed, checks before any model work --------------------------------------------------------------
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
@@ -155,7 +156,7 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: ModelCo
         fresh = k == 0 or args.reference == "previous"
         start = time.perf_counter()
         trainer = RecipeDPOTrainer(model=model, args=round_args, train_dataset=data.dataset, processing_class=tokenizer,
-                                   peft_config=get_peft_config(model_args) if fresh else None,
+                                   peft_config=lora_config(model_args, model) if fresh else None,
                                    share_prompts=args.share_prompts, reference_cache=args.reference_cache,
                                    anchor_coef=args.anchor_coef)
         metrics = trainer.train().metrics
@@ -211,7 +212,7 @@ def plot_scores(scores: list[float], path: Path) -> None:
 
 
 def parse(argv: list[str] | None = None):
-    return parse_recipe_args(DEFAULT_CONFIG, argv, (IterativeArguments, DPOConfig, ModelConfig),
+    return parse_recipe_args(DEFAULT_CONFIG, argv, (IterativeArguments, DPOConfig, RecipeModelConfig),
                              recipe="iterative_dpo")
 
 

@@ -16,20 +16,21 @@ import time
 from pathlib import Path
 
 from transformers import set_seed
-from trl import KTOConfig, KTOTrainer, ModelConfig, get_peft_config
+from trl import KTOConfig, KTOTrainer
 from trl.data_utils import unpair_preference_dataset
 
 from dpo_recipes import run
-from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
+from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "kto.yaml"
 
 
-def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: ModelConfig):
+def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: RecipeModelConfig):
     # 1. Seed and logging ------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,7 +58,8 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Mod
     before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
     start = time.perf_counter()
     trainer = KTOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args))
+                         processing_class=tokenizer, callbacks=watch.callbacks,
+                         peft_config=lora_config(model_args, model))
 
     # 4. Train, save, summarize ------------------------------------------------------------------------------------
     metrics = run.train(trainer, plan)
@@ -102,7 +104,7 @@ def check_class_balance(labels: list[bool], training_args: KTOConfig) -> None:
 def parse(argv: list[str] | None = None):
     """The recipe's arguments: hardware < preset < YAML (--config; none given and no --dataset_name: the default
     run's) < CLI flags (argv; None reads sys.argv). The loss settings come from kto's, never from a DPO preset."""
-    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, KTOConfig, ModelConfig), recipe="kto",
+    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, KTOConfig, RecipeModelConfig), recipe="kto",
                              variant="kto")
 
 

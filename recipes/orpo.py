@@ -12,19 +12,19 @@ import time
 from pathlib import Path
 
 from transformers import set_seed
-from trl import ModelConfig, get_peft_config
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from dpo_recipes import run
-from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
+from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "orpo.yaml"
 
 
-def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: ModelConfig):
+def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: RecipeModelConfig):
     # 1. Seed and logging ------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -47,7 +47,8 @@ def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: Mo
     before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
     start = time.perf_counter()
     trainer = ORPOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                          processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args))
+                          processing_class=tokenizer, callbacks=watch.callbacks,
+                          peft_config=lora_config(model_args, model))
 
     # 4. Train, save, summarize ------------------------------------------------------------------------------------
     metrics = run.train(trainer, plan)
@@ -67,7 +68,7 @@ def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: Mo
 def parse(argv: list[str] | None = None):
     """The recipe's arguments: hardware < preset < YAML (--config; none given and no --dataset_name: the default
     run's) < CLI flags (argv; None reads sys.argv). The loss settings come from orpo's, never from a DPO preset."""
-    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, ORPOConfig, ModelConfig), recipe="orpo",
+    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, ORPOConfig, RecipeModelConfig), recipe="orpo",
                              variant="orpo")
 
 

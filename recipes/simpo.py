@@ -14,20 +14,20 @@ import time
 from pathlib import Path
 
 from transformers import set_seed
-from trl import ModelConfig, get_peft_config
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from dpo_recipes import run
-from dpo_recipes.config import RecipeArguments, parse_recipe_args
+from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
 from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "simpo.yaml"
 
 
-def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: ModelConfig):
+def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: RecipeModelConfig):
     # 1. Seed and logging ------------------------------------------------------------------------------------------
     set_seed(training_args.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,7 +56,8 @@ def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: Mod
     before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
     start = time.perf_counter()
     trainer = CPOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                         processing_class=tokenizer, callbacks=watch.callbacks, peft_config=get_peft_config(model_args))
+                         processing_class=tokenizer, callbacks=watch.callbacks,
+                         peft_config=lora_config(model_args, model))
 
     # 4. Train, save, summarize ------------------------------------------------------------------------------------
     metrics = run.train(trainer, plan)
@@ -76,7 +77,7 @@ def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: Mod
 def parse(argv: list[str] | None = None):
     """The recipe's arguments: hardware < preset < YAML (--config; none given and no --dataset_name: the default
     run's) < CLI flags (argv; None reads sys.argv). The loss settings come from simpo's, never from a DPO preset."""
-    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, CPOConfig, ModelConfig), recipe="simpo",
+    return parse_recipe_args(DEFAULT_CONFIG, argv, (RecipeArguments, CPOConfig, RecipeModelConfig), recipe="simpo",
                              variant="simpo")
 
 
