@@ -280,7 +280,8 @@ def test_a_7b_model_is_counted_from_its_config_alone(mistral_7b_config, monkeypa
     from dpo_recipes import preflight_estimate
 
     lora = run_check("dpo_lora", "--preset", "lora-gpu", model=mistral_7b_config).estimate
-    assert round(lora["params"] / 1e9, 2) == 7.24 and lora["trainable_params"] == 41_943_040  # r=16, all-linear
+    # r=16 all-linear LoRA on the top 16 of 32 layers (the recipe's lora_top_fraction 0.5)
+    assert round(lora["params"] / 1e9, 2) == 7.24 and lora["trainable_params"] == 41_943_040 // 2
     monkeypatch.setattr(preflight_estimate, "device_memory_gb", lambda on_cpu: 64.0)
     full = run_check("dpo_full", "--preset", "full-gpu", model=mistral_7b_config)
     # fp32 weights + reference copy + gradients + AdamW's 2 states: 5 x 29 GB before activations
