@@ -17,8 +17,8 @@ Memory per process, in bytes (the formula, not a measurement):
 
 Time per optimizer step: matmul FLOPs over a measured matmul rate. FLOPs per token position and pass are 2 x the
 decoder's weights (embeddings excluded) plus 2 x hidden x vocabulary for each position the LM head scores. Passes: the
-policy forward, its backward (1 forward's worth for LoRA: input gradients only; 2 for full training), a recomputed
-forward with gradient checkpointing, and the reference forward (none when precomputed, or when the reference cache
+policy forward, its backward (1 forward's worth for LoRA: input gradients only, and only through the adapted layers
+with lora_top_fraction; 2 for full training), a recomputed forward with gradient checkpointing (also only there), and the reference forward (none when precomputed, or when the reference cache
 already holds the pair; KTO also runs both models over its mismatched KL rows). The rate: a ~0.2 s matmul probe in the
 training precision, times 31-40%, the share of that peak benchmarks/throughput.py measured whole DPO steps to reach on
 a 2-core AVX512-BF16 CPU (README, Speed). Padding to the batch's longest row, attention scores, the optimizer step and
@@ -131,12 +131,14 @@ def _lora_facts(model, model_args) -> dict:
     from dpo_recipes.models import lora_config
 
     try:
+        config = lora_config(model_args, model)
         with torch.device("meta"):
-            peft_model = get_peft_model(model, lora_config(model_args, model))
+            peft_model = get_peft_model(model, config)
     except Exception as exc:  # a target that matches nothing: PEFT says which, the recipe would stop there too
         return {"lora_problem": str(exc).splitlines()[0][:200]}
     trainable, _ = peft_model.get_nb_trainable_parameters()
-    return {"trainable": trainable,
+    layers = model.config.get_text_config().num_hidden_layers
+    return {"trainable": trainable, "adapted_layers": len(config.layers_to_transform or range(layers)),
             "lm_head_adapted": isinstance(peft_model.get_output_embeddings(), BaseTunerLayer)}
 
 
@@ -201,7 +203,8 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
         return out
     full = not s.peft
     trainable = facts["params"] if full else facts.get("trainable", 0)
-    out.update(params=facts["params"], trainable_params=trainable)
+    out.update(params=facts["params"], trainable_params=trainable, layers=facts["layers"],
+               adapted_layers=facts["layers"] if full else facts.get("adapted_layers", facts["layers"]))
     if out["positions_per_unit"] is None:
         return out
 
@@ -227,9 +230,13 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
     decoder = 2 * (facts["decoder_params"] + (0 if full else trainable))
     head = 2 * h * facts["vocab"]
     per_step_ref = {"adapter": 1, "copy": 1}.get(s.reference, 0) * (2 if kto else 1)  # KTO: its KL rows too
-    passes = 1 + (2 if full else 1) + (1 if a.gradient_checkpointing else 0) + per_step_ref + (1 if kto else 0)
+    # LoRA on the top layers only (lora_top_fraction): below them no graph is built, so the backward and the
+    # checkpointed recompute run through the adapted share of the decoder
+    depth = 1 if full else facts.get("adapted_layers", layers) / layers
+    backward = 2 if full else depth
+    passes = 1 + backward + (depth if a.gradient_checkpointing else 0) + per_step_ref + (1 if kto else 0)
     # the LM head is not inside the checkpointed layers (no recompute); full training adds lm_head's weight gradient
-    head_passes = passes - (1 if a.gradient_checkpointing else 0) + (1 if full else 0)
+    head_passes = 1 + (2 if full else 1) + per_step_ref + (1 if kto else 0) + (1 if full else 0)
     flops = units * (out["positions_per_unit"] * decoder * passes + scored * head * head_passes)
     out["tflop_per_step"] = flops / 1e12
     out["passes"] = passes
@@ -317,6 +324,8 @@ def table(e: dict, s) -> str:
                                     if "params" in e else f": {e['model_problem'] or 'unknown'}"))]
     if "params" in e:
         lora = f"LoRA r={m.lora_r} on {m.lora_target_modules}" if s.peft else "every weight"
+        if e["adapted_layers"] < e["layers"]:
+            lora += f" of the top {e['adapted_layers']} of {e['layers']} layers"
         share = 100 * e["trainable_params"] / e["params"]
         share = f"{share:.0f}" if share >= 10 else f"{share:.2g}"
         rows.append(("trainable", f"{_count(e['trainable_params'])} ({share}%), {lora}"))

@@ -289,6 +289,22 @@ def test_a_7b_model_is_counted_from_its_config_alone(mistral_7b_config, monkeypa
     assert found(full, "estimate.memory_gb") == ["risky"]
 
 
+def test_lora_on_the_top_layers_counts_backward_through_those_layers_only(mistral_7b_config):
+    """The backward (and its checkpointed recompute) stops at the lowest adapter: with the top half adapted, LoRA's
+    1 input-gradient pass and the recompute count half a decoder each; the forward and the reference stay whole."""
+    def estimate(fraction: str, checkpointing: str) -> dict:
+        return run_check("dpo_lora", "--preset", "lora-gpu", "--lora_top_fraction", fraction,
+                         "--gradient_checkpointing", checkpointing, model=mistral_7b_config).estimate
+
+    for checkpointing, whole_passes in (("false", 3), ("true", 4)):  # forward + backward + reference (+ recompute)
+        whole, half = estimate("1.0", checkpointing), estimate("0.5", checkpointing)
+        assert whole["passes"] == whole_passes
+        assert half["passes"] == pytest.approx(whole_passes - (1 if checkpointing == "false" else 2) * 0.5)
+        assert half["tflop_per_step"] < whole["tflop_per_step"]
+    assert "all-linear of the top 16 of 32 layers" in run_check(
+        "dpo_lora", "--preset", "lora-gpu", model=mistral_7b_config).table()
+
+
 def test_an_unreadable_model_config_is_said_and_the_rest_still_runs():
     report = run_check("dpo_lora", "--padding_free", "true", model="some-org/not-in-any-cache")
     assert "not readable" in report.table() and "params" not in report.estimate
