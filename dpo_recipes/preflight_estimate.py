@@ -18,10 +18,11 @@ Memory per process, in bytes (the formula, not a measurement):
 Time per optimizer step: matmul FLOPs over a measured matmul rate. FLOPs per token position and pass are 2 x the
 decoder's weights (embeddings excluded) plus 2 x hidden x vocabulary for each position the LM head scores. Passes: the
 policy forward, its backward (1 forward's worth for LoRA: input gradients only, and only through the adapted layers
-with lora_top_fraction; 2 for full training), a recomputed forward with gradient checkpointing (also only there), and the reference forward (none when precomputed, or when the reference cache
-already holds the pair; KTO also runs both models over its mismatched KL rows). The rate: a ~0.2 s matmul probe in the
-training precision, times 31-40%, the share of that peak benchmarks/throughput.py measured whole DPO steps to reach on
-a 2-core AVX512-BF16 CPU (README, Speed). Padding to the batch's longest row, attention scores, the optimizer step and
+with lora_top_fraction; 2 for full training), a recomputed forward with gradient checkpointing (also only there), and
+the reference forward (none when precomputed, or when the reference cache already holds the pair; KTO also runs
+both models over its mismatched KL rows). The rate: a ~0.2 s matmul probe in the training precision, times 31-40%,
+the share of that peak benchmarks/throughput.py measured whole DPO steps to reach on a 2-core AVX512-BF16 CPU
+(README, Speed). Padding to the batch's longest row, attention scores, the optimizer step and
 data loading are not counted. The probe measures the machine as it is now: other jobs on it lower the rate it sees.
 Against the README's default run (34 steps in 81 s warm, 126 s cold): `dpo-recipes check recipes/configs/dpo_lora.yaml
 --data` said 44-56 s with the probe at 834 GFLOP/s, so short rows (~80 tokens) and batches of 8 reach less than 31% of
@@ -204,8 +205,9 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
         return out
     full = not s.peft
     trainable = facts["params"] if full else facts.get("trainable", 0)
-    out.update(params=facts["params"], trainable_params=trainable, layers=facts["layers"],
-               adapted_layers=facts["layers"] if full else facts.get("adapted_layers", facts["layers"]))
+    h, layers = facts["hidden"], facts["layers"]
+    adapted = layers if full else facts.get("adapted_layers", layers)  # lora_top_fraction: the top ones only
+    out.update(params=facts["params"], trainable_params=trainable, layers=layers, adapted_layers=adapted)
     if out["positions_per_unit"] is None:
         return out
 
@@ -217,7 +219,6 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
     state_bytes = 1 if "8bit" in optim or optim == "adamw_bnb_8bit" else tb
     act = 2 if a.bf16 or a.fp16 or wb == 2 else 4
     tokens = a.per_device_train_batch_size * out["positions_per_unit"]  # one micro-batch
-    h, layers = facts["hidden"], facts["layers"]
     per_layer = ACTIVATION_BYTES_16BIT / 2 * act * h * tokens
     activations = (layers * h * tokens * act + per_layer) if a.gradient_checkpointing else layers * per_layer
     if s.trainer in ("orpo", "cpo"):  # their concatenated forward builds full logits and log-softmax in fp32
@@ -231,13 +232,13 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
     decoder = 2 * (facts["decoder_params"] + (0 if full else trainable))
     head = 2 * h * facts["vocab"]
     per_step_ref = {"adapter": 1, "copy": 1}.get(s.reference, 0) * (2 if kto else 1)  # KTO: its KL rows too
-    # LoRA on the top layers only (lora_top_fraction): below them no graph is built, so the backward and the
-    # checkpointed recompute run through the adapted share of the decoder
-    depth = 1 if full else facts.get("adapted_layers", layers) / layers
-    backward = 2 if full else depth
-    passes = 1 + backward + (depth if a.gradient_checkpointing else 0) + per_step_ref + (1 if kto else 0)
-    # the LM head is not inside the checkpointed layers (no recompute); full training adds lm_head's weight gradient
-    head_passes = 1 + (2 if full else 1) + per_step_ref + (1 if kto else 0) + (1 if full else 0)
+    whole = 1 + per_step_ref + (1 if kto else 0)  # the forwards: policy, reference, KTO's KL rows
+    # below the lowest adapter no graph is built: the backward and the checkpointed recompute run above it only
+    depth = adapted / layers
+    passes = whole + (2 if full else depth) + (depth if a.gradient_checkpointing else 0)
+    # the LM head is not inside the checkpointed layers (no recompute) and its backward is whole; full training adds
+    # lm_head's weight gradient
+    head_passes = whole + (3 if full else 1)
     flops = units * (out["positions_per_unit"] * decoder * passes + scored * head * head_passes)
     out["tflop_per_step"] = flops / 1e12
     out["passes"] = passes

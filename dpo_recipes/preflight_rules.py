@@ -158,7 +158,7 @@ def reference_settings(s: Setup):
     for name in ("ref_model_mixup_alpha", "ref_model_sync_steps"):  # SyncRefModelCallback only with sync_ref_model
         if s.configured(name) and not a.sync_ref_model:
             yield s.find("ignored", name, "read only with sync_ref_model: true (TR-DPO).", "drop it.")
-    if a.sync_ref_model and s.peft:  # TRL refuses it: DPOTrainer/KTOTrainer.__init__ raise NotImplementedError
+    if a.sync_ref_model and s.peft:  # TRL's DPOTrainer/KTOTrainer.__init__ refuse it (not implemented with PEFT)
         yield s.find("error", "sync_ref_model", "TRL refuses it with LoRA: the reference is the base with the adapter "
                      "disabled, there is no reference model to sync.", "sync_ref_model: false.")
     if a.sync_ref_model and a.precompute_ref_log_probs:  # DPOTrainer/KTOTrainer.__init__ raise ValueError
