@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -36,6 +35,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.nonfinite import last_checkpoint_before
 
 logger = logging.getLogger(__name__)  # "dpo_recipes.monitor"
 
@@ -231,7 +231,7 @@ class HealthMonitor(TrainerCallback, ExportableState):
     def _nonfinite(self, args, control, logs: dict, bad: dict, step: int) -> None:
         self.nonfinite_step = step if self.nonfinite_step is None else self.nonfinite_step
         self._keep_poison_out(control)
-        clean = _last_checkpoint_before(getattr(args, "output_dir", None), step)
+        clean = last_checkpoint_before(getattr(args, "output_dir", None), step)
         where = (f"the last checkpoint, {clean}, was written before this value appeared, so it is clean" if clean
                  else "no checkpoint was written before it")
         lr = f" (now {logs['learning_rate']:.3g})" if _number(logs.get("learning_rate")) else ""
@@ -243,6 +243,15 @@ class HealthMonitor(TrainerCallback, ExportableState):
             f"written at this step; {where}. Usually fp16 overflow, a learning rate too high or a broken batch. "
             f"Try: bf16 or fp32 instead of fp16, a lower learning_rate{lr}, {clip}, and `dpo-recipes validate` on "
             "the data."))
+
+    def record_nonfinite_update(self, step: int, values: dict, text: str, control=None) -> None:
+        """The non-finite guard's finding (`dpo_recipes.nonfinite`) as this monitor's 'nan' alarm: training stops."""
+        if self.mode == "off":
+            return
+        self.nonfinite_step = step if self.nonfinite_step is None else self.nonfinite_step
+        if control is not None:
+            self._keep_poison_out(control)
+        self._alarm("nan", step, values, control, force_stop=True, text=text)
 
     def _check_displacement(self, args, control, beta: float) -> None:
         t, n = self.thresholds, self.thresholds.displacement_logs
@@ -478,12 +487,3 @@ def _lr(point: dict) -> str:
 def _json_number(value):
     """Floats as they are, non-finite ones as 'nan'/'inf'/'-inf': summary.json stays strict JSON."""
     return str(value) if _number(value) and not math.isfinite(value) else value
-
-
-def _last_checkpoint_before(output_dir: str | None, step: int) -> str | None:
-    """The newest OUTPUT_DIR/checkpoint-N with N < step, or None."""
-    if not output_dir or not Path(output_dir).is_dir():
-        return None
-    steps = [int(m.group(1)) for p in Path(output_dir).iterdir() if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
-    earlier = [s for s in steps if s < step]
-    return str(Path(output_dir) / f"checkpoint-{max(earlier)}") if earlier else None

@@ -37,6 +37,9 @@ from transformers import TrainerCallback
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.jsonio import apply_default_modes, write_json_atomic
+from dpo_recipes.nonfinite import NonFiniteGuard
+from dpo_recipes.preemption import EXIT_PREEMPTED, Preempted
+from dpo_recipes.preemption import handler as preemption_handler
 
 logger = logging.getLogger(__name__)
 # TRL 1.16 reads `model.is_gradient_checkpointing` around every reference forward, and transformers 5 warns on each
@@ -60,8 +63,9 @@ MODEL_KEYS = ("dtype", "load_in_4bit", "load_in_8bit", "use_peft", "lora_r", "lo
 HOOK_KEYS = {"odpo": ("odpo_alpha", "odpo_ratio"), "rdpo": ("rdpo_alpha",)}
 # What a run writes into output_dir; --overwrite_output_dir removes these (and only these) before starting afresh.
 RUN_OUTPUTS = ("adapter_model.safetensors", "adapter_config.json", "summary.json", "metrics.jsonl",
-               "eval_answers.jsonl", "data_validation.json", "train_results.json", "eval_results.json",
-               "all_results.json", "trainer_state.json", "training_args.bin", "merged", "plots", RUN_RECORD)
+               "eval_answers.jsonl", "eval_answers_before.json", "data_validation.json", "train_results.json",
+               "eval_results.json", "all_results.json", "trainer_state.json", "training_args.bin", "merged", "plots",
+               RUN_RECORD)
 # A full-model run also writes config.json, model weights and tokenizer files, but so does a base model folder:
 # those are never removed, and --overwrite_output_dir clears only a folder whose run_record.json says a run wrote it.
 
@@ -521,6 +525,12 @@ def train(trainer, plan: RunPlan) -> dict:
     set_stage("training", trainer=trainer)
     check_in_effect(trainer)
     trainer.add_callback(CheckpointModes())
+    monitor = health_monitor(trainer)
+    guard = NonFiniteGuard.attach(trainer)  # RecipeDPOTrainer has it already; TRL's other trainers get it here
+    if monitor is not None:
+        guard.on_trip = monitor.record_nonfinite_update
+    preemption = preemption_handler().attach(trainer)
+    preemption.may_save = lambda: guard.tripped is None and (monitor is None or monitor.nonfinite_step is None)
     _redact_wandb_config(trainer)
     if plan.checkpoint_complete:
         from transformers import TrainerState
@@ -529,8 +539,9 @@ def train(trainer, plan: RunPlan) -> dict:
         trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / "trainer_state.json"))
         logger.info("Training had finished in %s: its outputs are written from it", plan.checkpoint)
         return {}
-    result = trainer.train(resume_from_checkpoint=plan.checkpoint)
-    monitor = health_monitor(trainer)
+    result = trainer.train(resume_from_checkpoint=plan.checkpoint)  # RecipeDPOTrainer raises the guard's report itself
+    if guard.tripped is not None:
+        raise DPORecipesError(guard.report())
     if monitor is not None and monitor.nonfinite_step is not None:  # the weights may hold that step's update
         from dpo_recipes.tracking import last_checkpoint
 
@@ -542,6 +553,9 @@ def train(trainer, plan: RunPlan) -> dict:
         logger.warning("The health monitor stopped training at step %d (--health_monitor stop); the outputs are saved "
                        "as they are. Rerunning the same command continues from the last checkpoint.",
                        monitor.stopped_at_step)
+    stopped = preemption.stopped()
+    if stopped is not None:
+        raise stopped
     return result.metrics
 
 
@@ -790,9 +804,22 @@ def _interrupt_message() -> str:
     return f"interrupted {where}{resume}."
 
 
+def _preempted_message(stopped: Preempted) -> str:
+    out, trainer = _PROGRESS.get("output_dir"), _PROGRESS.get("trainer")
+    if stopped.step is not None and out:
+        total = f" of {trainer.state.max_steps}" if trainer is not None else ""
+        checkpoint = Path(out) / f"checkpoint-{stopped.step}"
+        return (f"preempted by {stopped.name} at step {stopped.step}{total}: saved {checkpoint}; rerun the same "
+                "command to resume from it.")
+    return f"preempted by {stopped.name}: {_interrupt_message().removeprefix('interrupted ')}"
+
+
 @contextlib.contextmanager
 def recipe_errors():
-    """A recipe's user errors and Ctrl-C as one line on stderr: exit status 2, or 130 for an interrupt."""
+    """A recipe's user errors and Ctrl-C as one line on stderr: exit status 2, or 130 for an interrupt. SIGTERM and
+    SIGUSR1 (a scheduler's preemption, `dpo_recipes.preemption`) save a checkpoint at the next step boundary and exit
+    with status 75 (EXIT_PREEMPTED)."""
+    preemption_handler().install()
     try:
         yield
     except DPORecipesError as exc:
@@ -801,3 +828,9 @@ def recipe_errors():
     except KeyboardInterrupt:
         print(_interrupt_message(), file=sys.stderr)
         raise SystemExit(130) from None
+    except Preempted as stopped:
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            print(_preempted_message(stopped), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PREEMPTED) from None

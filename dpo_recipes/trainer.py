@@ -32,6 +32,7 @@ from trl import DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.losses import anchor_k2, dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
+from dpo_recipes.nonfinite import NonFiniteGuard
 from dpo_recipes.shared_prompt import install as install_shared_prompt
 from dpo_recipes.shared_prompt import shared_prompts
 
@@ -172,6 +173,7 @@ class RecipeDPOTrainer(DPOTrainer):
         if loss_hook == "odpo" or self.anchor_coef:
             self.data_collator = ScoreCollator(self.data_collator)
         self.reference_cache = self._open_reference_cache(reference_cache) if reference_cache else None
+        self.nonfinite_guard = NonFiniteGuard.attach(self)  # a NaN/inf loss or gradient never reaches the weights
 
     # --- batches of pairs of similar length: less padding to compute ------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -180,13 +182,32 @@ class RecipeDPOTrainer(DPOTrainer):
         collator pads the batch to."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         sampler = self._length_grouped(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        if sampler is None and self._unmeasurable(dataset):
+            return torch.utils.data.RandomSampler(dataset)  # what TRL's DPOTrainer samples with by default
         return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
         """The held-out pairs grouped by length too (Trainer's own grouping would fail as for training)."""
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         sampler = self._length_grouped(eval_dataset, self.args.eval_batch_size, torch.Generator().manual_seed(seed))
+        if sampler is None and self._unmeasurable(eval_dataset):
+            return torch.utils.data.SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
         return sampler if sampler is not None else super()._get_eval_sampler(eval_dataset)
+
+    def _unmeasurable(self, dataset) -> bool:
+        """Whether group_by_length is asked for on rows this trainer cannot measure (TRL's vision path keeps images
+        and text untokenized until the collator; Trainer's own grouping raises on them): warns once, and the caller
+        then samples as TRL's DPOTrainer does by default."""
+        columns = getattr(dataset, "column_names", None) or []
+        if (self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "__len__")
+                or "prompt_ids" in columns or self.args.length_column_name in columns):
+            return False
+        if not getattr(self, "_warned_unmeasurable", False):
+            self._warned_unmeasurable = True
+            logger.warning("train_sampling_strategy group_by_length: these rows are not tokenized before batching "
+                           "(%s), so their lengths are unknown; sampling at random instead, as TRL's DPOTrainer does.",
+                           "images" if self._is_vision_dataset else "no prompt_ids column")
+        return True
 
     def _length_grouped(self, dataset, batch_size: int, generator=None):
         """A LengthGroupedSampler over TRL's tokenized pairs, or None when grouping is off or the data untokenized."""
@@ -235,21 +256,6 @@ class RecipeDPOTrainer(DPOTrainer):
                 return self._compute_loss_with_hook(model, inputs, return_outputs, num_items_in_batch)
             finally:
                 self.precompute_ref_logps = False
-
-    # --- a loss that is not a number stops the run before its update ------------------------------------------------
-    def training_step(self, *args, **kwargs):
-        """TRL's step, then a check on every process's loss (gathered, so all ranks stop together): a NaN or inf loss
-        stops the run before the optimizer applies its gradients, so no checkpoint ever holds that update."""
-        loss = super().training_step(*args, **kwargs)
-        losses = self.accelerator.gather(loss.detach().float().reshape(1))
-        if not bool(torch.isfinite(losses).all()):
-            bad = next(float(x) for x in losses.tolist() if not math.isfinite(x))
-            raise DPORecipesError(
-                f"The training loss is {bad} at step {self.state.global_step + 1}; stopped before that step's update, "
-                f"so the last checkpoint (step {self.state.global_step} or earlier) is clean. Causes, most likely "
-                "first: fp16 overflow (use bf16 or fp32), a learning rate too high, or broken rows "
-                "(dpo-recipes validate).")
-        return loss
 
     # --- the reference's log-probs, cached per pair -----------------------------------------------------------------
     def _open_reference_cache(self, directory: str):
@@ -319,11 +325,16 @@ class RecipeDPOTrainer(DPOTrainer):
             self.reference_cache.save()
 
     def train(self, *args, **kwargs):
+        """TRL's training; raises DPORecipesError (`NonFiniteGuard.report`) when a step's loss or gradients were not
+        finite: that update was skipped and training stopped there."""
         try:
-            return super().train(*args, **kwargs)
+            result = super().train(*args, **kwargs)
         finally:
             if self.reference_cache is not None:
                 self.reference_cache.save()
+        if self.nonfinite_guard.tripped is not None:
+            raise DPORecipesError(self.nonfinite_guard.report())
+        return result
 
     def _compute_loss_with_hook(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
