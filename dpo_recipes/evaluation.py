@@ -5,18 +5,26 @@ Three questions a user of an identity (or any behaviour) run asks:
 - did it leak? `leaks`: general prompts whose answer now mentions the name;
 - did it break? `degenerate`: answers that fall into repetition; `unchanged`: general answers that stay the same
   in substance (character-level similarity to the before-answer, see `SAME_SUBSTANCE_RATIO`).
+
+The answers before training are kept in OUTPUT_DIR/eval_answers_before.json (`answers_before_training`), so a rerun
+of a run stopped after training does not answer the prompts again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rapidfuzz import fuzz
 
 from dpo_recipes.errors import DPORecipesError
+
+logger = logging.getLogger(__name__)
 
 # Two greedy answers count as the same in substance when their rapidfuzz `ratio` (0-100, normalized
 # Indel similarity) is at least this. A reworded ending scores ~70-90; a different answer scores < 50.
@@ -220,3 +228,87 @@ def evaluate_prompts(model, tokenizer, prompts: list[dict], recipe_args) -> Eval
                                max_new_tokens=recipe_args.eval_max_new_tokens,
                                batch_size=recipe_args.eval_batch_size) if prompts else []
     return score_answers(prompts, answers, recipe_args.identity_name)
+
+
+BEFORE_ANSWERS_FILE = "eval_answers_before.json"
+
+
+def before_answers_key(model, tokenizer, prompts: list[dict], recipe_args, model_key: dict) -> str:
+    """sha256 over what decides the greedy answers before training: the model (name, revision, config hash from the
+    run record `model_key`; dtype, attention, quantization, generation config as loaded), the prompt texts, the
+    generation settings, the chat template and special tokens, and the transformers and torch versions."""
+    import transformers
+
+    config = getattr(model, "config", None)
+    generation = getattr(model, "generation_config", None)
+    fields = {
+        **{k: model_key.get(k) for k in ("model", "revision", "config_sha256")},
+        "dtype": str(getattr(model, "dtype", None)),
+        "attn_implementation": getattr(config, "_attn_implementation", None),
+        "quantization": str(getattr(config, "quantization_config", None)),
+        "generation_config": generation.to_json_string(use_diff=False) if generation is not None else None,
+        "prompts": [p["prompt"] for p in prompts],
+        "max_new_tokens": recipe_args.eval_max_new_tokens,
+        "batch_size": recipe_args.eval_batch_size,  # left padding within a batch can move a greedy answer
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "vocab_size": len(tokenizer),
+        "transformers": transformers.__version__, "torch": torch.__version__,
+    }
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stored_before_answers(path: Path, key: str, count: int, log) -> list[str] | None:
+    """The answers in `path` when it holds `count` of them made under `key`; None (and why, logged) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict) or not isinstance(stored.get("key"), str):
+            raise ValueError("no 'key'")
+        if stored["key"] != key:
+            log(logging.INFO, "%s was made with another model, prompts or generation settings: answering again", path)
+            return None
+        answers = stored.get("answers")
+        if not (isinstance(answers, list) and len(answers) == count and all(isinstance(a, str) for a in answers)):
+            raise ValueError(f"'answers' is not a list of {count} strings")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        log(logging.WARNING, "%s is unreadable (%s): answering the evaluation prompts before training again",
+            path, exc)
+        return None
+    return answers
+
+
+def answers_before_training(model, tokenizer, prompts: list[dict], recipe_args, output_dir,
+                            model_key: dict) -> EvalResult:
+    """`evaluate_prompts` for the base model, kept in OUTPUT_DIR/eval_answers_before.json and reused by a rerun.
+
+    The stored answers are reused when their key (`before_answers_key`: `model_key` is the run record's model
+    identity, plus dtype, prompts, generation settings, chat template, library versions) matches; otherwise (absent,
+    other key, unreadable) they are generated and the main process writes the file atomically. Only the answers are
+    stored: the scores are recomputed. With several processes every one reads the file before the main one writes it,
+    so all reuse or all generate (generation under ZeRO-3 needs every process).
+    """
+    from accelerate import PartialState
+
+    if not prompts:
+        return evaluate_prompts(model, tokenizer, prompts, recipe_args)
+    state = PartialState()
+
+    def log(level, message, *args):
+        if state.is_main_process:
+            logger.log(level, message, *args)
+
+    path = Path(output_dir) / BEFORE_ANSWERS_FILE
+    key = before_answers_key(model, tokenizer, prompts, recipe_args, model_key)
+    answers = _stored_before_answers(path, key, len(prompts), log)
+    state.wait_for_everyone()  # every process has decided before the file can change
+    if answers is not None:
+        log(logging.INFO, "reused the %d answers before training from %s", len(answers), path)
+        return score_answers(prompts, answers, recipe_args.identity_name)
+    result = evaluate_prompts(model, tokenizer, prompts, recipe_args)
+    if state.is_main_process:
+        from dpo_recipes.jsonio import write_json_atomic
+
+        write_json_atomic(path, {"key": key, "model": model_key.get("model"), "prompts": [p["prompt"] for p in prompts],
+                                 "answers": result.answers})
+    return result

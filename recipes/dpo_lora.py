@@ -18,7 +18,7 @@ import transformers
 
 from dpo_recipes import run
 from dpo_recipes.config import parse_recipe_args
-from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
+from dpo_recipes.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
 from dpo_recipes.trainer import RecipeDPOTrainer
@@ -46,7 +46,7 @@ def main(recipe_args, training_args, model_args):
     # 3. Model (the embedded SmolLM2 when --model_name_or_path is unset) and held-out answers before training -----
     model = run.load_model_for(model_args, training_args, model_path)
     run.set_stage("answering the evaluation prompts before training")
-    before = evaluate_prompts(model, tokenizer, prompts, recipe_args)
+    before = answers_before_training(model, tokenizer, prompts, recipe_args, plan.output_dir, plan.record)
 
     # 4. Train: TRL's DPOTrainer (+ our loss hooks); LoRA's reference is the base with the adapter disabled -------
     start = time.perf_counter()  # includes the reference log-prob precomputation done in the constructor

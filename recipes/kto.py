@@ -22,7 +22,7 @@ from trl.data_utils import unpair_preference_dataset
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
+from dpo_recipes.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
 
@@ -55,7 +55,8 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Rec
     # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer, reference = adapter disabled -
     model = run.load_model_for(model_args, training_args, model_path)
     run.set_stage("answering the evaluation prompts before training")
-    before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
+    # --eval_prompts_file: held-out answers (kept in output_dir: a rerun reuses them)
+    before = answers_before_training(model, tokenizer, prompts, recipe_args, plan.output_dir, plan.record)
     start = time.perf_counter()
     trainer = KTOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=watch.callbacks,

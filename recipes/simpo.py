@@ -18,7 +18,7 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
-from dpo_recipes.evaluation import before_after_table, compare, evaluate_prompts
+from dpo_recipes.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.models import lora_config
 from dpo_recipes.presets import use_all_cpu_cores
@@ -53,7 +53,8 @@ def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: Rec
     # 3. Model (none given: the embedded SmolLM2-135M-Instruct) and trainer, SimPO = CPO's 'simpo' loss ---
     model = run.load_model_for(model_args, training_args, model_path)
     run.set_stage("answering the evaluation prompts before training")
-    before = evaluate_prompts(model, tokenizer, prompts, recipe_args)  # --eval_prompts_file: held-out answers
+    # --eval_prompts_file: held-out answers (kept in output_dir: a rerun reuses them)
+    before = answers_before_training(model, tokenizer, prompts, recipe_args, plan.output_dir, plan.record)
     start = time.perf_counter()
     trainer = CPOTrainer(model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=watch.callbacks,
