@@ -24,6 +24,8 @@ cache never corrupt it: the worst a race costs is a recomputation.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import hashlib
 import logging
 import math
@@ -49,10 +51,10 @@ def default_dir() -> Path:
 MAX_SHARDS = 16  # more files than this are merged into one when the cache is saved
 
 
-def reference_key(model, *, adapter_disabled: bool, precision: str, ld_alpha: float | None) -> str:
-    """Hex key for the reference's log-probs: its weights (adapter tensors left out when the reference is the base
-    with the adapter disabled), the precision it runs in, LD-DPO's alpha (which weights the tail of the log-probs),
-    and the TRL version (which computes them)."""
+def reference_key(model, *, leave_out: Collection[str] = (), precision: str, ld_alpha: float | None) -> str:
+    """Hex key for the reference's log-probs: its weights, the precision it runs in, LD-DPO's alpha (which weights the
+    tail of the log-probs), and the TRL version (which computes them). `leave_out`: state-dict names that are not part
+    of the reference (the trained adapter, when the reference is the model with it switched off: `trained_adapter`)."""
     import transformers
     import trl
 
@@ -63,7 +65,7 @@ def reference_key(model, *, adapter_disabled: bool, precision: str, ld_alpha: fl
         h.update(config.to_json_string(use_diff=False).encode())
         h.update(str(getattr(config, "_attn_implementation", None)).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if adapter_disabled and ("lora_" in name or "modules_to_save" in name):
+        if name in leave_out:
             continue
         # PEFT renames the layers it wraps: the same base weights get the same key whatever the LoRA targets.
         name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
@@ -71,6 +73,18 @@ def reference_key(model, *, adapter_disabled: bool, precision: str, ld_alpha: fl
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:32]
+
+
+def trained_adapter(model) -> set[str] | None:
+    """The state-dict names of the adapter a PEFT model trains, for a reference that is the model with it switched off.
+
+    The adapter is the one PEFT reports active (`active_adapters`), whatever its name; every frozen tensor stays in the
+    key, so a frozen copy TRL keeps as the reference (TRL 1.16 names it "ref") is keyed by its own weights under any
+    name. None when anything else trains (a bias): the reference would drift with it."""
+    active = list(getattr(model, "active_adapters", None) or [])
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    adapter = {name for name in trained if any(f".{a}." in name or name.endswith(f".{a}") for a in active)}
+    return adapter if adapter and adapter == trained else None
 
 
 def pair_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor) -> list[bytes]:

@@ -31,6 +31,9 @@ from accelerate.utils import is_peft_model
 from trl import DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.internals import missing as internals_missing
+from dpo_recipes.internals import warn_once
+from dpo_recipes.lever_check import levers_agree
 from dpo_recipes.losses import anchor_k2, dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
 from dpo_recipes.nonfinite import NonFiniteGuard
 from dpo_recipes.shared_prompt import install as install_shared_prompt
@@ -71,20 +74,50 @@ def score_completion_tokens_only() -> None:
     TRL projects every position to the vocabulary on devices without Triton (to keep tile shapes fixed for compilers
     such as Neuron's), then zeroes the prompt positions: on a CPU that is pure waste, about 56M multiply-adds per
     prompt token in each forward and backward for a 49k vocabulary. The log-probs of the completion positions are
-    computed by the same code either way (tested equal), so this changes speed and memory, never a result.
+    computed by the same code either way (tested equal, and checked on each run's first batch: `lever_check`), so this
+    changes speed and memory, never a result. Without TRL's private `_use_triton` (`internals`) it stays off.
     """
-    import torch
     import trl.trainer.utils as trl_utils
 
     original = getattr(trl_utils, "_use_triton", None)
-    if original is None or getattr(original, "_dpo_recipes", False):
+    if original is None:
+        warn_once("_use_triton", "trl.trainer.utils._use_triton is gone from this TRL version: the fused LM head "
+                  "scores every position on a CPU (slower, same results).")
+        return
+    if getattr(original, "_dpo_recipes", False):
         return
 
     def compact(device: torch.device) -> bool:
         return original(device) or device.type == "cpu"
 
     compact._dpo_recipes = True
+    compact.original = original
     trl_utils._use_triton = compact
+
+
+@contextlib.contextmanager
+def full_lm_head():
+    """TRL's own fused LM head during the block (the compact one undone), for the levers' self-check."""
+    import trl.trainer.utils as trl_utils
+
+    current = getattr(trl_utils, "_use_triton", None)
+    original = getattr(current, "original", None)
+    if original is None:
+        yield
+        return
+    trl_utils._use_triton = original
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = current
+
+
+def drop_compact_lm_head() -> None:
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(getattr(trl_utils, "_use_triton", None), "original", None)
+    if original is not None:
+        trl_utils._use_triton = original
 
 
 def pair_lengths(dataset, max_length: int | None = None, shared_prompt: bool = False) -> list[int]:
@@ -155,11 +188,14 @@ class RecipeDPOTrainer(DPOTrainer):
                 for name, dataset in (eval_dataset.items() if isinstance(eval_dataset, dict)
                                       else [("eval_dataset", eval_dataset)]):
                     check_hook_scores(dataset, name, odpo_ratio)
+        self._levers_checked = self._swap_verified = False
+        self.lever_check = None
         score_completion_tokens_only()
         # Installed on a model object before TRL's constructor, so a reference precomputation there shares too.
         model = kwargs.get("model", args[0] if args else None)
         self._shared_prompt_wrappers = _shared_prompt_wrappers([model]) if share_prompts else []
         super().__init__(*args, **kwargs)
+        reference_cache = self._check_internals(reference_cache)
         sharing = share_prompts and not self._is_vision_dataset and not getattr(self.args, "use_liger_kernel", False)
         self._shared_prompt_wrappers = _shared_prompt_wrappers([self.model, self.ref_model], self.accelerator) \
             if sharing else []
@@ -174,6 +210,25 @@ class RecipeDPOTrainer(DPOTrainer):
             self.data_collator = ScoreCollator(self.data_collator)
         self.reference_cache = self._open_reference_cache(reference_cache) if reference_cache else None
         self.nonfinite_guard = NonFiniteGuard.attach(self)  # a NaN/inf loss or gradient never reaches the weights
+
+    def _check_internals(self, reference_cache: str | None) -> str | None:
+        """TRL's private attributes this trainer reads (`internals`): refuse, or turn the lever off with a warning.
+        Returns the reference cache folder still usable (None: off)."""
+        gone = {internal.name for internal in internals_missing(self) if internal.instance}
+        if gone & {"loss_types", "loss_weights"} and (self.loss_hook or self.anchor_coef):
+            raise DPORecipesError(f"This TRL ({_trl_version()}) has no DPOTrainer.loss_types/loss_weights: loss_hook "
+                                  "and anchor_coef cannot take a term out of its loss. Use TRL 1.16, or unset both.")
+        if "_is_vision_dataset" in gone:
+            warn_once("_is_vision_dataset", "DPOTrainer._is_vision_dataset is gone from this TRL version: the data is "
+                      "treated as images (no shared prompts, no reference cache, no hooks).")
+            self._is_vision_dataset = True
+        if "precompute_ref_logps" in gone:
+            if reference_cache:
+                warn_once("precompute_ref_logps", "DPOTrainer.precompute_ref_logps is gone from this TRL version: the "
+                          "reference cache is off (the reference forward runs every step).")
+            self.precompute_ref_logps = False  # only our code reads it now: TRL computes the reference every step
+            return None
+        return reference_cache
 
     # --- batches of pairs of similar length: less padding to compute ------------------------------------------------
     def _get_train_sampler(self, train_dataset=None):
@@ -247,6 +302,8 @@ class RecipeDPOTrainer(DPOTrainer):
 
     # --- the loss ----------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._levers_checked and model.training:
+            self._check_levers(model, inputs)
         with self._sharing_prompts():
             if self.reference_cache is None or self.precompute_ref_logps:
                 return self._compute_loss_with_hook(model, inputs, return_outputs, num_items_in_batch)
@@ -257,11 +314,55 @@ class RecipeDPOTrainer(DPOTrainer):
             finally:
                 self.precompute_ref_logps = False
 
+    def _check_levers(self, model, inputs: dict[str, Any]) -> None:
+        """Once per run: the speed levers' log-probs on this batch against TRL's own (`lever_check`); off if apart."""
+        self._levers_checked = True
+        import trl.trainer.utils as trl_utils
+
+        levers = (["shared-prompt packing"] if self._shared_prompt_wrappers else []) + \
+            (["the compact LM head"] if hasattr(getattr(trl_utils, "_use_triton", None), "original") else [])
+        if not levers:
+            return
+        batch = {k: v for k, v in inputs.items() if k not in BATCH_ONLY}
+        agree, difference = levers_agree(self, model, batch, self._sharing_prompts, full_lm_head)
+        self.lever_check = {"levers": levers, "mean_abs_difference_per_token": difference, "kept": agree}
+        if agree:
+            return
+        logger.warning("%s gave log-probs %.3g nats per completion token away from TRL's own computation on the first "
+                       "batch: turned off for this run (TRL's results at TRL's speed). Please report it with your TRL "
+                       "and transformers versions.", " and ".join(levers), difference)
+        self._shared_prompt_wrappers = []
+        drop_compact_lm_head()
+
+    def _verify_term_swap(self, loss, replaced: list[str], records, inputs: dict[str, Any]) -> None:
+        """Once per run: TRL's loss with `replaced` taken out of `loss_types` (`_without_terms`) must hold none of them.
+        TRL 1.16 sums the terms in `self.loss_types` (`internals`); if a TRL read them from elsewhere, sigmoid would
+        count twice, silently. Checked exactly where the kept terms are known: none kept (the loss is 0), or `sft`
+        alone (minus the mean chosen-token log-prob, from the recorded forward)."""
+        self._swap_verified = True
+        kept = [t for t in self.loss_types if t not in replaced]
+        if self.aux_loss_enabled or kept not in ([], ["sft"]):
+            warn_once("term swap", f"loss_type {self.loss_types}: with {kept} next to the hook's terms the loss TRL "
+                      "computed cannot be checked for the terms the hook replaces (checked for [sigmoid] and "
+                      "[sigmoid, sft]); relying on TRL 1.16 summing DPOTrainer.loss_types.")
+            return
+        expected = torch.zeros(())
+        if kept == ["sft"]:
+            policy, _ = self._token_log_probs(records, inputs)
+            mask = inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0].bool()
+            expected = -policy.chunk(2, dim=0)[0][mask].mean() * self.loss_weights[self.loss_types.index("sft")]
+        actual = torch.as_tensor(loss).detach().float().cpu()
+        if not torch.allclose(actual, expected.detach().float().cpu(), rtol=1e-3, atol=1e-4):
+            raise DPORecipesError(
+                f"This TRL ({_trl_version()}) computed a DPO loss of {float(actual):.6g} with {replaced} taken out of "
+                f"DPOTrainer.loss_types, where {float(expected):.6g} was expected: it no longer sums the terms listed "
+                "there, so the hook's term would be counted twice. Use TRL 1.16, or unset loss_hook and anchor_coef.")
+
     # --- the reference's log-probs, cached per pair -----------------------------------------------------------------
     def _open_reference_cache(self, directory: str):
         """The cache for this reference, or None where its weights cannot be read whole here (ZeRO-3, FSDP), where
         TRL precomputes the reference anyway, or for images."""
-        from dpo_recipes.reference_cache import ReferenceCache, reference_key
+        from dpo_recipes.reference_cache import ReferenceCache, reference_key, trained_adapter
 
         if (self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled
                 or getattr(self.args, "sync_ref_model", False)):  # a reference that changes has no stable key
@@ -269,11 +370,13 @@ class RecipeDPOTrainer(DPOTrainer):
         reference = self.accelerator.unwrap_model(self.ref_model or self.model)
         if any(p.numel() == 0 for p in reference.parameters()):  # ZeRO-3 partitioned: no honest key
             return None
-        adapter_disabled = self.ref_model is None and is_peft_model(reference) and "ref" not in reference.peft_config
-        if adapter_disabled and any(p.requires_grad for n, p in reference.named_parameters() if "lora_" not in n):
-            return None  # base parameters train next to the adapter (bias, modules_to_save): the reference drifts
+        leave_out: set[str] = set()
+        if self.ref_model is None and is_peft_model(reference):  # the reference is this model, trained adapter off
+            leave_out = trained_adapter(reference)
+            if leave_out is None:
+                return None  # base parameters train next to the adapter (a bias): the reference drifts
         precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else str(next(reference.parameters()).dtype)
-        key = reference_key(reference, adapter_disabled=adapter_disabled, precision=precision, ld_alpha=self.ld_alpha)
+        key = reference_key(reference, leave_out=leave_out, precision=precision, ld_alpha=self.ld_alpha)
         return ReferenceCache(directory, key)
 
     def _with_reference_log_probs(self, model, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -350,6 +453,8 @@ class RecipeDPOTrainer(DPOTrainer):
         with self._record_log_probs(model) as records, self._without_terms(replaced):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = result if return_outputs else (result, None)
+        if replaced and not self._swap_verified:
+            self._verify_term_swap(loss, replaced, records, inputs)
 
         if self.loss_hook is not None:
             hook_loss = self._hook_loss(records, inputs, scores)
@@ -449,7 +554,12 @@ class RecipeDPOTrainer(DPOTrainer):
 
     def _log_hook_metric(self, mode: str, name: str, values: torch.Tensor) -> None:
         values = values.detach().to(self.accelerator.device, torch.float32)
-        self._metrics[mode][name].append(self.accelerator.gather(values).mean().item())
+        metrics = getattr(self, "_metrics", None)  # TRL's private metric store (`internals`)
+        if metrics is None:
+            warn_once("_metrics", "DPOTrainer._metrics is gone from this TRL version: the hooks' own metrics "
+                      "(odpo/*, rdpo/*, anchor/*) are not logged.")
+            return
+        metrics[mode][name].append(self.accelerator.gather(values).mean().item())
 
     @contextlib.contextmanager
     def _without_terms(self, names: list[str]):
@@ -594,3 +704,9 @@ def check_hook_scores(dataset, name: str, ratio: bool) -> None:
             f"loss_hook='odpo' needs {rule} in every row ({'log(s_w / s_l)' if ratio else 'log(s_w - s_l)'} is "
             f"undefined otherwise); {len(bad)} of {len(dataset)} rows in {name} break it, e.g. {shown}. Drop ties and "
             "inverted pairs before training, or swap chosen/rejected where the scores disagree with the label.")
+
+
+def _trl_version() -> str:
+    import trl
+
+    return f"trl {trl.__version__}"

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from dpo_recipes import reference_cache as rc
-from dpo_recipes.reference_cache import ReferenceCache, pair_keys, reference_key
+from dpo_recipes.reference_cache import ReferenceCache, pair_keys, reference_key, trained_adapter
 from test_trainer import make, pairs, tiny_model, tiny_tokenizer
 
 
@@ -33,19 +33,19 @@ def test_pair_keys_follow_the_tokens_and_the_completion_boundary_not_the_padding
 def test_reference_key_covers_base_weights_and_precision_not_the_adapter():
     tok = tiny_tokenizer()
     base = tiny_model(tok)
-    key = reference_key(base, adapter_disabled=True, precision="float32", ld_alpha=None)
+    key = reference_key(base, precision="float32", ld_alpha=None)
     torch.manual_seed(1)
     lora = get_peft_model(tiny_model(tok), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(2)
     lora_other = get_peft_model(tiny_model(tok), LoraConfig(r=8, target_modules=["q_proj", "k_proj", "o_proj"]))
-    assert reference_key(lora, adapter_disabled=True, precision="float32", ld_alpha=None) == key
-    assert reference_key(lora_other, adapter_disabled=True, precision="float32", ld_alpha=None) == key
-    assert reference_key(base, adapter_disabled=True, precision="bf16", ld_alpha=None) != key
-    assert reference_key(base, adapter_disabled=True, precision="float32", ld_alpha=0.5) != key
-    assert reference_key(tiny_model(tok, seed=3), adapter_disabled=True, precision="float32", ld_alpha=None) != key
+    assert reference_key(lora, leave_out=trained_adapter(lora), precision="float32", ld_alpha=None) == key
+    assert reference_key(lora_other, leave_out=trained_adapter(lora_other), precision="float32", ld_alpha=None) == key
+    assert reference_key(base, precision="bf16", ld_alpha=None) != key
+    assert reference_key(base, precision="float32", ld_alpha=0.5) != key
+    assert reference_key(tiny_model(tok, seed=3), precision="float32", ld_alpha=None) != key
     # A reference that is the adapter model itself (a retrained adapter) keys on its adapter weights too
-    assert reference_key(lora, adapter_disabled=False, precision="float32", ld_alpha=None) != reference_key(
-        lora_other, adapter_disabled=False, precision="float32", ld_alpha=None)
+    assert reference_key(lora, precision="float32", ld_alpha=None) != reference_key(
+        lora_other, precision="float32", ld_alpha=None)
 
 
 def loss_and_grads(trainer):
@@ -161,9 +161,9 @@ def test_no_cache_for_a_reference_that_changes_or_a_config_that_differs(tmp_path
     assert trainer.reference_cache is None
     tok = tiny_tokenizer()
     model = tiny_model(tok)
-    key = reference_key(model, adapter_disabled=False, precision="float32", ld_alpha=None)
+    key = reference_key(model, precision="float32", ld_alpha=None)
     model.config.rope_parameters = {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}
-    assert reference_key(model, adapter_disabled=False, precision="float32", ld_alpha=None) != key
+    assert reference_key(model, precision="float32", ld_alpha=None) != key
 
 
 def test_an_unwritable_cache_costs_a_warning_not_the_run(tmp_path, caplog):
@@ -173,3 +173,27 @@ def test_an_unwritable_cache_costs_a_warning_not_the_run(tmp_path, caplog):
     cache.store([b"a" * 32], torch.tensor([-1.0]), torch.tensor([-2.0]))
     assert cache.save() is None
     assert "not written" in caplog.text
+
+
+def test_the_reference_adapter_is_read_from_peft_not_assumed_by_name():
+    # A frozen adapter next to the trained one (TRL keeps a pretrained adapter's copy as the reference; 1.16 calls it
+    # "ref") is part of the reference whatever its name: its weights are in the key, the trained adapter's are not.
+    tok = tiny_tokenizer()
+    base = tiny_model(tok)
+    base_key = reference_key(base, precision="float32", ld_alpha=None)
+    torch.manual_seed(1)
+    model = get_peft_model(tiny_model(tok), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    model.add_adapter("frozen_copy_any_name", LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    model.set_adapter("default")
+    leave_out = trained_adapter(model)
+    assert leave_out and all(".default." in name for name in leave_out)
+    assert not any("frozen_copy_any_name" in name for name in leave_out)
+    with_copy = reference_key(model, leave_out=leave_out, precision="float32", ld_alpha=None)
+    assert with_copy != base_key
+    with torch.no_grad():  # training the active adapter does not move the key; changing the frozen copy does
+        next(p for n, p in model.named_parameters() if ".default." in n).add_(1.0)
+        assert reference_key(model, leave_out=leave_out, precision="float32", ld_alpha=None) == with_copy
+        next(p for n, p in model.named_parameters() if "frozen_copy_any_name" in n).add_(1.0)
+    assert reference_key(model, leave_out=leave_out, precision="float32", ld_alpha=None) != with_copy
+    model.base_model.model.model.norm.weight.requires_grad_(True)  # a base tensor trains too: the reference drifts
+    assert trained_adapter(model) is None

@@ -281,7 +281,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_leaves_no_poisoned_checkpo
         return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(RecipeDPOTrainer, "compute_loss", nan_at_second_step)
-    with pytest.raises(DPORecipesError, match="loss is nan at step 2"):
+    with pytest.raises(DPORecipesError, match=r"^Step 2: non-finite loss nan and gradient norm nan .*The update was skipped"):
         trainer.train()
     out = tmp_path / "out"
     assert (out / "checkpoint-1").is_dir() and not (out / "checkpoint-2").exists()

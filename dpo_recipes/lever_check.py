@@ -1,0 +1,72 @@
+"""The speed levers that change how log-probs are computed check themselves once per run, on the run's first batch.
+
+Two levers compute TRL's log-probs another way for speed: shared-prompt packing (`dpo_recipes.shared_prompt`) and the
+compact fused LM head on CPUs (`trainer.score_completion_tokens_only`, through TRL's private `_use_triton`). Both are
+tested equal to TRL's own path, but they rest on internals of TRL and transformers (`dpo_recipes.internals`) that can
+move. So before the first training step the policy's log-probs of that batch are computed twice without gradients,
+with the levers and without them (TRL's own path), and compared per completion token. Outside the tolerance of the
+precision in use, the levers turn themselves off for the rest of the run with one warning: slower, never different.
+
+The check costs two forwards without gradients, once per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # as TRL's DPOTrainer._compute_loss
+# Mean |difference| per completion token, in nats, above which the levers are not the same computation. Packing in
+# fp32 agrees to ~1e-6; low-precision matmuls over another layout differ by rounding (measured on the default run:
+# see tests/test_lever_check.py); a real fault (a leaking mask, a wrong position) moves tokens by tenths of a nat.
+TOLERANCE = {"fp32": 1e-4, "low": 2e-2}
+
+
+def completion_log_probs(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token log-probs on the completion tokens, the completion mask), computed as TRL 1.16's DPOTrainer does."""
+    model_kwargs = {k: v for k, v in inputs.items() if k not in NON_MODEL_KEYS}
+    model_kwargs["use_cache"] = False
+    completion_mask = inputs["completion_mask"]
+    labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+    seq_len = completion_mask.size(1) - 1
+    log_probs = model(**model_kwargs, labels=labels, fused_lm_head=True).log_probs[:, -seq_len:].float()
+    mask = completion_mask[..., 1:].to(log_probs.dtype)
+    return log_probs * mask, mask
+
+
+def levers_agree(trainer, model, inputs: dict, levers_on, levers_off) -> tuple[bool, float]:
+    """Whether the log-probs with the levers (`levers_on()`, a context manager) equal TRL's (`levers_off()`) on this
+    batch, and the mean |difference| per completion token. Every process takes the same answer."""
+    was_training = model.training
+    model.eval()  # no dropout: two forwards of the same weights must agree
+    try:
+        with torch.no_grad():
+            with levers_on():
+                fast, mask = completion_log_probs(model, inputs)
+            with levers_off():
+                plain, _ = completion_log_probs(model, inputs)
+    finally:
+        model.train(was_training)
+    tokens = mask.sum().clamp_min(1)
+    difference = ((fast - plain).abs().sum() / tokens).reshape(1)
+    accelerator = trainer.accelerator
+    if accelerator.num_processes > 1:
+        difference = accelerator.reduce(difference, "max")
+    difference = float(difference)
+    args = trainer.args
+    tolerance = TOLERANCE["low"] if (args.bf16 or args.fp16 or _low_precision(model)) else TOLERANCE["fp32"]
+    return difference <= tolerance, difference
+
+
+def _low_precision(model) -> bool:
+    parameter = next(model.parameters(), None)
+    return parameter is not None and parameter.dtype in (torch.bfloat16, torch.float16)
+
+
+@contextlib.contextmanager
+def nothing():
+    yield

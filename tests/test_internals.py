@@ -1,0 +1,89 @@
+"""The private TRL/transformers names the project relies on (`dpo_recipes.internals`): each one exists in the installed
+versions (this test fails loudly when one moves), and where a moved one could change results without an error, the
+trainer checks the behaviour itself: the speed levers against TRL's log-probs, the hooks' term swap against TRL's loss."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+
+import pytest
+import torch
+
+import dpo_recipes.trainer as trainer_module
+from dpo_recipes import internals, shared_prompt
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.trainer import RecipeDPOTrainer
+from test_trainer import config, pairs, tiny_model, tiny_tokenizer
+
+
+def make(tmp_path, **kwargs):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    return RecipeDPOTrainer(model=model, ref_model=copy.deepcopy(model), args=config(tmp_path, max_steps=2),
+                            train_dataset=pairs(8, scores=False), processing_class=tokenizer, **kwargs)
+
+
+def test_every_internal_the_project_uses_exists_in_the_installed_versions(tmp_path, one_torch_thread):
+    trainer = make(tmp_path)
+    gone = [f"{i.where}.{i.name}" for i in internals.missing(trainer)]
+    assert gone == [], f"moved or removed in the installed versions: {gone}; see dpo_recipes/internals.py"
+    assert all(i.used_for and i.if_missing for i in internals.INTERNALS)
+
+
+def test_a_missing_internal_is_reported(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    assert "_use_triton" in [i.name for i in internals.missing()]
+
+
+def test_the_speed_levers_check_themselves_on_the_first_batch_and_agree(tmp_path, one_torch_thread):
+    trainer = make(tmp_path)
+    trainer.train()
+    check = trainer.lever_check
+    assert check["kept"] and check["levers"] == ["shared-prompt packing", "the compact LM head"]
+    assert check["mean_abs_difference_per_token"] < 1e-5
+    assert trainer._shared_prompt_wrappers  # still on
+
+
+def test_levers_that_disagree_with_trl_turn_themselves_off_with_one_warning(tmp_path, monkeypatch, caplog,
+                                                                            one_torch_thread):
+    # As if a transformers release changed how a 4D mask is read: the packed forward gives other log-probs.
+    original = shared_prompt.unpack_hidden
+    monkeypatch.setattr(shared_prompt, "unpack_hidden", lambda hidden, packed: original(hidden, packed) * 1.5)
+    trainer = make(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.trainer"):
+        trainer.train()
+    assert trainer.lever_check["kept"] is False and trainer.lever_check["mean_abs_difference_per_token"] > 1e-2
+    assert trainer._shared_prompt_wrappers == []
+    import trl.trainer.utils as trl_utils
+
+    assert not hasattr(trl_utils._use_triton, "original")  # TRL's own LM head path again
+    warnings = [r.message for r in caplog.records if "away from TRL's own computation" in r.getMessage()]
+    assert len(warnings) == 1
+    trainer_module.score_completion_tokens_only()  # restore the lever for the tests that follow
+
+
+def test_the_hooks_refuse_a_trl_that_no_longer_sums_its_loss_list(tmp_path, monkeypatch, one_torch_thread):
+    # As if TRL read the loss types from somewhere else: the swap that takes out `sigmoid` would do nothing, and the
+    # hook's term would be added to TRL's own sigmoid.
+    monkeypatch.setattr(RecipeDPOTrainer, "_without_terms", lambda self, names: contextlib.nullcontext())
+    trainer = make(tmp_path, loss_hook="rdpo", rdpo_alpha=0.1)
+    with pytest.raises(DPORecipesError, match=r"no longer sums the terms listed there"):
+        trainer.train()
+
+
+def test_the_term_swap_passes_when_trl_sums_its_list(tmp_path, one_torch_thread):
+    trainer = make(tmp_path, loss_hook="rdpo", rdpo_alpha=0.1)
+    trainer.train()
+    assert trainer._swap_verified
+
+
+def test_a_missing_metric_store_costs_the_hooks_metrics_not_the_run(tmp_path, caplog, one_torch_thread):
+    trainer = make(tmp_path)
+    del trainer._metrics
+    with caplog.at_level(logging.WARNING):
+        trainer._log_hook_metric("train", "rdpo/loss", torch.tensor([1.0]))
+    assert "metrics" in caplog.text and "not logged" in caplog.text
