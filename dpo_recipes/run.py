@@ -716,6 +716,8 @@ def speed_levers(trainer) -> dict:
         two_rows, run = trainer.shared_prompt_tokens()
         levers["shared_prompt_tokens"] = {"two_row_layout": two_rows, "run": run,
                                           "share": round(run / two_rows, 3) if two_rows else None}
+    if getattr(trainer, "lever_check", None) is not None:  # the levers against TRL's own log-probs, first batch
+        levers["lever_check"] = trainer.lever_check
     cache = getattr(trainer, "reference_cache", None)
     if cache is not None:
         levers["reference_cache"] = {"pairs_found": cache.hits, "pairs_computed": cache.misses,
