@@ -262,6 +262,10 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     Returns the dataclass instances, (RecipeArguments, DPOConfig, RecipeModelConfig) by default;
     `RecipeArguments.preset` holds the preset names that applied.
     """
+    from dpo_recipes.versions import warn_outside_tested_window
+
+    warn_outside_tested_window()  # once per process: an installed torch/TRL/transformers/... outside the tested window
+
     from trl import DPOConfig, TrlParser
 
     from dpo_recipes.distributed import check_launch_environment

@@ -185,6 +185,17 @@ def _attention_mask_for(model, visible: torch.Tensor) -> torch.Tensor:
                                                                                       torch.finfo(dtype).min)
 
 
+# A KV cache holds keys and values per row and position, so a forward that passes or asks for one cannot be packed.
+# transformers 5.24 renamed `past_key_values` to `cache` (the old name is deprecated until 5.40); both are refused,
+# and so is any other keyword that names a cache. `use_cache=False` (TRL passes it) asks for none, so it packs.
+CACHE_KWARGS = frozenset({"cache", "past_key_values", "past_key_value", "layer_past", "mems"})  # + "cache" in the name
+
+
+def _passes_a_cache(kwargs) -> bool:
+    return any(value is not None and value is not False
+               for name, value in kwargs.items() if name in CACHE_KWARGS or "cache" in name)
+
+
 class SharedPromptForward:
     """Wraps a causal LM's backbone forward; packs pairs only while `active`.
 
@@ -221,8 +232,8 @@ class SharedPromptForward:
         if not self.active or input_ids is None or input_ids.dim() != 2:
             return None
         # Anything that depends on the row layout, or that asks for per-position outputs, runs unshared.
-        layout_kwargs = ("position_ids", "inputs_embeds", "past_key_values", "token_type_ids", "cache_position")
-        if any(kwargs.get(k) is not None for k in layout_kwargs) or kwargs.get("use_cache"):
+        layout_kwargs = ("position_ids", "inputs_embeds", "token_type_ids")
+        if any(kwargs.get(k) is not None for k in layout_kwargs) or _passes_a_cache(kwargs):
             return None
         if any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states", "output_router_logits")):
             return None

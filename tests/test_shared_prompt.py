@@ -230,3 +230,47 @@ def test_dynamic_rope_is_left_alone():
     model = tiny_model(tiny_tokenizer())
     model.config.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
     assert "RoPE" in unsupported_reason(model)
+
+
+@pytest.mark.parametrize("cache_kwarg", ["cache", "past_key_values", "cache_position", "use_cache", "static_cache"])
+def test_a_forward_passing_a_cache_runs_unpacked(monkeypatch, cache_kwarg):
+    """transformers 5.24 renamed `past_key_values` to `cache`: either name (or any keyword naming a cache) falls
+    through to the backbone's own forward with the batch as it came; `use_cache=False` (TRL's) still packs."""
+    import inspect
+    import types
+
+    from transformers import DynamicCache
+
+    model = tiny_model(tiny_tokenizer())
+    wrapper = install(model)
+    backbone = model.model
+    seen = []
+
+    def backbone_forward(self, input_ids=None, attention_mask=None, **kwargs):  # stands in for the class's forward
+        seen.append(dict(kwargs, input_ids=input_ids, attention_mask=attention_mask))
+        return types.SimpleNamespace(last_hidden_state=torch.zeros(*input_ids.shape, 4))
+
+    monkeypatch.setattr(type(backbone), "forward", backbone_forward)
+    b = batch()
+    value = {"cache_position": torch.arange(b["input_ids"].shape[1]), "use_cache": True}.get(
+        cache_kwarg, DynamicCache(config=model.config))
+    with shared_prompts(wrapper):
+        backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"], **{cache_kwarg: value})
+        assert wrapper.packed_batches == 0
+        assert seen[-1]["input_ids"] is b["input_ids"] and seen[-1]["attention_mask"] is b["attention_mask"]
+        assert seen[-1][cache_kwarg] is value and "position_ids" not in seen[-1]
+        backbone(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)  # as TRL calls it
+        assert wrapper.packed_batches == 1 and seen[-1]["input_ids"].shape[0] < b["input_ids"].shape[0]
+
+    # The real model, with the cache argument under the name the installed transformers takes: the same logits
+    # as the unwrapped forward, nothing packed.
+    monkeypatch.undo()
+    name = "cache" if "cache" in inspect.signature(type(backbone).forward).parameters else "past_key_values"
+    with torch.no_grad():
+        plain = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                      **{name: DynamicCache(config=model.config)}).logits
+        with shared_prompts(wrapper):
+            shared = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                           **{name: DynamicCache(config=model.config)}).logits
+    assert wrapper.packed_batches == 1
+    torch.testing.assert_close(shared, plain)
