@@ -52,7 +52,7 @@ def test_levers_that_disagree_with_trl_turn_themselves_off_with_one_warning(tmp_
                                                                             one_torch_thread):
     # As if a transformers release changed how a 4D mask is read: the packed forward gives other log-probs.
     original = shared_prompt.unpack_hidden
-    monkeypatch.setattr(shared_prompt, "unpack_hidden", lambda hidden, packed: original(hidden, packed) * 1.5)
+    monkeypatch.setattr(shared_prompt, "unpack_hidden", lambda hidden, packed: original(hidden, packed) * 4.0)
     trainer = make(tmp_path)
     with caplog.at_level(logging.WARNING, logger="dpo_recipes.trainer"):
         trainer.train()
