@@ -7,7 +7,7 @@ Variants, each in its own process (so that peak RSS is that variant's alone), on
 1. `baseline`: plain TRL as its examples write it: DPOTrainer(model, ref_model=None, peft_config=LoraConfig(r=16,
    q/k/v/o)), TRL 1.16's DPOConfig defaults (bf16 off only because TRL's default refuses a CPU).
 2. `like`: the recipe's trainer with the same LoRA targets, loss and learning rate, and the performance settings the
-   recipe ships (`dpo_recipes.presets.performance_defaults`): what our levers alone change.
+   recipe ships (`dpo_recipes.config.presets.performance_defaults`): what our levers alone change.
 3. `preset`: `recipes/dpo_lora.py --dataset_name DATA` as a user runs it (its default preset for this hardware).
 
 For each: pairs/s and tokens/s over the training loop (the reference's log-probs included: the time from the trainer's
@@ -150,8 +150,8 @@ def run_variant(variant: str, args) -> dict:
         trainer = DPOTrainer(model=model, args=DPOConfig(**common), train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora)
     else:
-        from dpo_recipes.presets import performance_defaults
-        from dpo_recipes.trainer import RecipeDPOTrainer
+        from dpo_recipes.config.presets import performance_defaults
+        from dpo_recipes.train.trainer import RecipeDPOTrainer
 
         values = json.loads(args.set or "{}")
         trainer_kwargs = {k: values.pop(k) for k in TRAINER_LEVERS if k in values}
@@ -169,7 +169,7 @@ def run_preset(args, clock) -> dict:
     """The recipe as a user runs it on their own data (its default preset), trainer captured for the figures."""
     import importlib.util
 
-    from dpo_recipes import trainer as trainer_module
+    from dpo_recipes.train import trainer as trainer_module
     from dpo_recipes.config import parse_recipe_args
 
     captured = {}

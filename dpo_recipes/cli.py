@@ -135,9 +135,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 _MODULE_COMMANDS = (
-    ("check", "dpo_recipes.preflight",
+    ("check", "dpo_recipes.check.preflight",
      "pre-flight check of a recipe config: settings TRL/PEFT ignore, risky combinations, a memory and time estimate"),
-    ("plot", "dpo_recipes.plots", "draw a run's curves as PNGs (several run folders: overlaid)"),
+    ("plot", "dpo_recipes.watch.plots", "draw a run's curves as PNGs (several run folders: overlaid)"),
 )
 
 

@@ -40,7 +40,7 @@ from trl import DPOConfig
 
 from dpo_recipes.jsonio import write_json_atomic
 from dpo_recipes.models import load_model, load_tokenizer, resolve_model_path
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.train.trainer import RecipeDPOTrainer
 
 TEMPLATES = ["In one short sentence, how can I get better at {s}?", "Briefly, what is one tip for {s}?",
              "Give me a quick tip for {s}."]

@@ -37,16 +37,16 @@ from trl import DPOConfig
 
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
+from dpo_recipes.config.presets import use_all_cpu_cores
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.evaluation import load_eval_prompts
 from dpo_recipes.jsonio import write_file_atomic, write_json_atomic, write_jsonl_atomic
 from dpo_recipes.models import lora_config
 from dpo_recipes.pairs import build_scorer, build_verifier, heldout_score, load_prompts, make_pairs, save_pairs
 from dpo_recipes.pairs import rounds as rounds_progress
 from dpo_recipes.pairs.intact import GeneralWatch, form_checks
-from dpo_recipes.presets import use_all_cpu_cores
-from dpo_recipes.tracking import save_log_history
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.train.trainer import RecipeDPOTrainer
+from dpo_recipes.watch.evaluation import load_eval_prompts
+from dpo_recipes.watch.tracking import save_log_history
 
 logger = logging.getLogger("iterative_dpo")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "iterative_dpo.yaml"

@@ -16,9 +16,9 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
 from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
-from dpo_recipes.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
+from dpo_recipes.config.presets import use_all_cpu_cores
 from dpo_recipes.models import lora_config
-from dpo_recipes.presets import use_all_cpu_cores
+from dpo_recipes.watch.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "orpo.yaml"

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from dpo_recipes.evaluation import generate_answers, is_degenerate
+from dpo_recipes.watch.evaluation import generate_answers, is_degenerate
 from dpo_recipes.models import EMBEDDED_WHEEL_REQUIREMENT, load_model, load_tokenizer, resolve_model_path
 
 HERE = Path(__file__).resolve().parent.parent / "data" / "identity"

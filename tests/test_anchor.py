@@ -15,7 +15,7 @@ from datasets import Dataset
 
 from dpo_recipes.data import load_preference_data
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.losses import anchor_k2
+from dpo_recipes.train.losses import anchor_k2
 from test_trainer import first_batch, make, tiny_model, tiny_tokenizer
 
 

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import load_recipe
 
-from dpo_recipes import evaluation
+from dpo_recipes.watch import evaluation
 from dpo_recipes.config import parse_recipe_args
-from dpo_recipes.evaluation import BEFORE_ANSWERS_FILE, answers_before_training, before_answers_key
+from dpo_recipes.watch.evaluation import BEFORE_ANSWERS_FILE, answers_before_training, before_answers_key
 from dpo_recipes.run import RUN_OUTPUTS, model_identity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_the_first_call_writes_the_answers_and_the_second_reuses_them(tiny, tiny
     assert stored["prompts"] == [p["prompt"] for p in PROMPTS]
 
     refuse_generation(monkeypatch)
-    with caplog.at_level(logging.INFO, logger="dpo_recipes.evaluation"):
+    with caplog.at_level(logging.INFO, logger="dpo_recipes.watch.evaluation"):
         again = answers_before_training(model, tokenizer, PROMPTS, settings(), tmp_path, key_of(tiny_model_dir))
     assert again == first  # answers and the recomputed scores
     assert [r.getMessage() for r in caplog.records] == [
@@ -95,7 +95,7 @@ def test_another_prompt_list_generation_setting_or_model_answers_again(tiny, tin
     else:
         model = model.to(torch.float64)
     try:
-        with caplog.at_level(logging.INFO, logger="dpo_recipes.evaluation"):
+        with caplog.at_level(logging.INFO, logger="dpo_recipes.watch.evaluation"):
             result = answers_before_training(model, tokenizer, prompts, recipe_args, tmp_path, model_key)
     finally:
         model.to(torch.float32)
@@ -116,7 +116,7 @@ def test_a_corrupt_file_is_answered_again_with_one_warning(tiny, tiny_model_dir,
         key = before_answers_key(model, tokenizer, PROMPTS, settings(), key_of(tiny_model_dir))
         content = json.dumps({"key": key, "answers": json.loads(content[4:])})
     path.write_bytes(content.encode("latin-1"))
-    with caplog.at_level(logging.INFO, logger="dpo_recipes.evaluation"):
+    with caplog.at_level(logging.INFO, logger="dpo_recipes.watch.evaluation"):
         result = answers_before_training(model, tokenizer, PROMPTS, settings(), tmp_path, key_of(tiny_model_dir))
     assert len(count_generations) == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -155,7 +155,7 @@ def test_a_run_stopped_after_training_does_not_answer_the_prompts_before_trainin
     record = json.loads((out / "run_record.json").read_text())
     (out / "run_record.json").write_text(json.dumps({**record, "finished_step": None}))
     (out / "summary.json").unlink()
-    with caplog.at_level(logging.INFO, logger="dpo_recipes.evaluation"):
+    with caplog.at_level(logging.INFO, logger="dpo_recipes.watch.evaluation"):
         recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, argv))
     assert len(count_generations) == 3  # only the answers after training
     assert f"reused the 3 answers before training from {stored}" in caplog.messages

@@ -35,7 +35,7 @@ def test_training_lowers_the_loss_and_the_adapter_reloads_to_the_same_logits(smo
     from trl import DPOConfig
 
     from dpo_recipes.models import load_model
-    from dpo_recipes.trainer import RecipeDPOTrainer
+    from dpo_recipes.train.trainer import RecipeDPOTrainer
 
     path, tokenizer = smollm
     pairs = load_dataset("json", data_files=str(ROOT / "data/identity/train.jsonl"), split="train")
@@ -119,7 +119,7 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
     """The issue's command on the default data, --eval_fraction 0.1 --eval_strategy steps, shortened for CI: 10 steps
     evaluated every 5, no before/after generation (the full run with --eval_steps 10 is measured in the README)."""
     from dpo_recipes.config import parse_recipe_args
-    from dpo_recipes.plots import load_run
+    from dpo_recipes.watch.run_logs import load_run
 
     recipe = _recipe()
     out = tmp_path / "run"

@@ -3,7 +3,7 @@
 import pytest
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.evaluation import (compare, is_degenerate, load_eval_prompts, mentions, same_substance,
+from dpo_recipes.watch.evaluation import (compare, is_degenerate, load_eval_prompts, mentions, same_substance,
                                     score_answers)
 
 
@@ -57,7 +57,7 @@ def test_general_kl_is_zero_for_an_untouched_adapter_and_matches_a_direct_comput
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_recipes.evaluation import EvalResult, general_kl, render_prompt
+    from dpo_recipes.watch.evaluation import EvalResult, general_kl, render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),

@@ -20,7 +20,7 @@ import os, signal, sys
 from transformers import TrainerCallback
 sys.path.insert(0, "recipes")
 import dpo_lora
-from dpo_recipes import trainer as trainer_module
+from dpo_recipes.train import trainer as trainer_module
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.run import recipe_errors
 

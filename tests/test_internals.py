@@ -1,4 +1,4 @@
-"""The private TRL/transformers names the project relies on (`dpo_recipes.internals`): each one exists in the installed
+"""The private TRL/transformers names the project relies on (`dpo_recipes.train.internals`): each one exists in the installed
 versions (this test fails loudly when one moves), and where a moved one could change results without an error, the
 trainer checks the behaviour itself: the speed levers against TRL's log-probs, the hooks' term swap against TRL's loss."""
 
@@ -11,10 +11,10 @@ import logging
 import pytest
 import torch
 
-import dpo_recipes.trainer as trainer_module
-from dpo_recipes import internals, shared_prompt
+from dpo_recipes.train import internals, shared_prompt
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.train.lm_head import score_completion_tokens_only
+from dpo_recipes.train.trainer import RecipeDPOTrainer
 from test_trainer import config, pairs, tiny_model, tiny_tokenizer
 
 
@@ -28,7 +28,7 @@ def make(tmp_path, **kwargs):
 def test_every_internal_the_project_uses_exists_in_the_installed_versions(tmp_path, one_torch_thread):
     trainer = make(tmp_path)
     gone = [f"{i.where}.{i.name}" for i in internals.missing(trainer)]
-    assert gone == [], f"moved or removed in the installed versions: {gone}; see dpo_recipes/internals.py"
+    assert gone == [], f"moved or removed in the installed versions: {gone}; see dpo_recipes/train/internals.py"
     assert all(i.used_for and i.if_missing for i in internals.INTERNALS)
 
 
@@ -54,7 +54,7 @@ def test_levers_that_disagree_with_trl_turn_themselves_off_with_one_warning(tmp_
     original = shared_prompt.unpack_hidden
     monkeypatch.setattr(shared_prompt, "unpack_hidden", lambda hidden, packed: original(hidden, packed) * 4.0)
     trainer = make(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.trainer"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.train.trainer"):
         trainer.train()
     assert trainer.lever_check["kept"] is False and trainer.lever_check["mean_abs_difference_per_token"] > 1e-2
     assert trainer._shared_prompt_wrappers == []
@@ -63,7 +63,7 @@ def test_levers_that_disagree_with_trl_turn_themselves_off_with_one_warning(tmp_
     assert not hasattr(trl_utils._use_triton, "original")  # TRL's own LM head path again
     warnings = [r.message for r in caplog.records if "away from TRL's own computation" in r.getMessage()]
     assert len(warnings) == 1
-    trainer_module.score_completion_tokens_only()  # restore the lever for the tests that follow
+    score_completion_tokens_only()  # restore the lever for the tests that follow
 
 
 def test_the_hooks_refuse_a_trl_that_no_longer_sums_its_loss_list(tmp_path, monkeypatch, one_torch_thread):

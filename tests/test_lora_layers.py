@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from dpo_recipes.config import RecipeModelConfig, parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.models import lora_config
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.train.trainer import RecipeDPOTrainer
 
 PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 

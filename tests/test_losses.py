@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpo_recipes.losses import dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
+from dpo_recipes.train.losses import dpo_logratio, odpo_loss, odpo_offset, rdpo_length_margin, rdpo_loss
 
 
 def _log1p_exp(x: float) -> float:

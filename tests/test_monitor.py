@@ -14,8 +14,9 @@ from transformers import TrainerControl, TrainerState
 from trl import DPOConfig
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.evaluation import score_answers
-from dpo_recipes.monitor import READS, HealthMonitor, HealthThresholds, parse_thresholds
+from dpo_recipes.watch.evaluation import score_answers
+from dpo_recipes.watch.monitor import READS, HealthMonitor
+from dpo_recipes.watch.thresholds import HealthThresholds, parse_thresholds
 
 FIXTURES = Path(__file__).parent / "fixtures" / "default_run"
 BETA = 0.25
@@ -74,7 +75,7 @@ NO_LEARNING = [log(s, 0.002, 0.0, accuracy=a) for s, a in zip(range(5, 35, 5), [
 @pytest.mark.parametrize("mode", ["warn", "stop"])
 def test_quiet_on_the_default_run_history(args, mode, caplog):
     monitor = HealthMonitor(mode)
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.monitor"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.watch.monitor"):
         control, stop_step = drive(monitor, args, default_history())
     assert monitor.alarms == [] and stop_step is None and not caplog.records
     assert monitor.summary()["stopped_at_step"] is None
@@ -90,7 +91,7 @@ def test_quiet_on_the_default_run_answers():
 # --- likelihood displacement -----------------------------------------------------------------------------------------
 def test_likelihood_displacement_fires_when_chosen_falls_below_reference_while_margin_rises(args, caplog):
     monitor = HealthMonitor()
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.monitor"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.watch.monitor"):
         drive(monitor, args, DISPLACEMENT)
     assert kinds(monitor) == ["likelihood_displacement"]
     alarm = monitor.alarms[0]
@@ -210,7 +211,7 @@ def test_off_is_inert_and_an_unknown_mode_is_refused(args):
 # --- once per kind, stop mode, main process, hook ---------------------------------------------------------------------
 def test_each_kind_fires_once_per_run(args, caplog):
     monitor = HealthMonitor()
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.monitor"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.watch.monitor"):
         drive(monitor, args, [log(s, 0.0, 0.0, accuracy=0.5) for s in range(5, 105, 5)], max_steps=100)
     assert kinds(monitor) == ["no_learning"] and len(caplog.records) == 1
 
@@ -226,7 +227,7 @@ def test_stop_mode_stops_at_the_first_alarm_and_warn_mode_does_not(args):
 def test_only_the_main_process_warns_and_calls_the_hook_but_all_stop_alike(args, caplog):
     sent = []
     main, other = HealthMonitor("stop", on_alarm=sent.append), HealthMonitor("stop", on_alarm=sent.append)
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.monitor"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.watch.monitor"):
         _, main_stop = drive(main, args, DISPLACEMENT, main=True)
         _, other_stop = drive(other, args, DISPLACEMENT, main=False)
     assert main_stop == other_stop == 15 and main.alarms == other.alarms
@@ -238,7 +239,7 @@ def test_a_failing_alarm_hook_does_not_stop_training(args, caplog):
         raise ConnectionError("W&B unreachable")
 
     monitor = HealthMonitor(on_alarm=broken)
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.monitor"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.watch.monitor"):
         drive(monitor, args, NO_LEARNING)
     assert kinds(monitor) == ["no_learning"] and "W&B unreachable" in caplog.text
 
@@ -329,7 +330,7 @@ def test_a_real_dpo_run_stops_on_an_infinite_grad_norm_without_checkpointing_tha
         return float("inf") if trainer.state.global_step == 1 else value
 
     trainer._get_grad_norm = inf_at_second_step
-    with caplog.at_level(logging.WARNING, logger="dpo_recipes.monitor"):
+    with caplog.at_level(logging.WARNING, logger="dpo_recipes.watch.monitor"):
         trainer.train()
     out = tmp_path / "out"
     assert trainer.state.global_step == 2 and monitor.nonfinite_step == 2

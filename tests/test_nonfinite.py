@@ -15,9 +15,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM, TrainerCallback
 from trl import DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.monitor import HealthMonitor
-from dpo_recipes.nonfinite import NonFiniteGuard, group_names
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.watch.monitor import HealthMonitor
+from dpo_recipes.train.nonfinite import NonFiniteGuard, group_names
+from dpo_recipes.train.trainer import RecipeDPOTrainer
 from test_trainer import config, pairs, tiny_model, tiny_tokenizer
 
 

@@ -1,4 +1,4 @@
-"""dpo_recipes.plots: a run's curves as PNGs, from a real default run's history and small fake ones."""
+"""dpo_recipes.watch.plots: a run's curves as PNGs, from a real default run's history and small fake ones."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dpo_recipes import plots
 from dpo_recipes.cli import main
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.watch import plots, run_logs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "plots_default_run"
 DEFAULT_PANELS = {"loss", "rewards", "margins", "accuracies", "logps", "lengths", "overview"}
@@ -63,7 +63,7 @@ def test_default_run_writes_each_panel_as_a_valid_png_and_a_small_overview(tmp_p
 
 def test_series_reads_the_training_curves_and_leaves_out_the_totals_row():
     history = [json.loads(line) for line in (FIXTURE / "metrics.jsonl").read_text().splitlines()]
-    data = plots.series(history)
+    data = run_logs.series(history)
     steps, values = data["loss"]
     assert steps == [5, 10, 15, 20, 25, 30] and values[0] == pytest.approx(2.4379507)
     assert "train_loss" not in data and "train_runtime" not in data and "step" not in data and "epoch" not in data
@@ -75,8 +75,8 @@ def test_answer_lengths_are_mean_words_per_kind_before_and_after(tmp_path):
             {"prompt": "p", "kind": "identity", "before": "a b c d e", "after": "a b c"},
             {"prompt": "p", "kind": "general", "before": "x", "after": "x y"}, {"prompt": "p", "kind": "general"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert plots.answer_lengths(path) == {"identity": (4.0, 2.0), "general": (1.0, 2.0)}
-    assert plots.answer_lengths(tmp_path / "absent.jsonl") == {}
+    assert run_logs.answer_lengths(path) == {"identity": (4.0, 2.0), "general": (1.0, 2.0)}
+    assert run_logs.answer_lengths(tmp_path / "absent.jsonl") == {}
 
 
 def test_eval_logs_are_markers_on_the_axes_of_their_training_curve(tmp_path):
@@ -84,7 +84,7 @@ def test_eval_logs_are_markers_on_the_axes_of_their_training_curve(tmp_path):
     history.insert(2, {"eval_loss": 0.65, "eval_rewards/margins": 0.3, "eval_rewards/accuracies": 0.6,
                        "eval_runtime": 1.0, "epoch": 0.2, "step": 10})
     history.append({"eval_loss": 0.5, "eval_rewards/margins": 0.5, "eval_rewards/accuracies": 0.7, "step": 20})
-    run = plots.load_run(fake_run(tmp_path / "run", history))
+    run = run_logs.load_run(fake_run(tmp_path / "run", history))
     assert run["series"]["eval_loss"] == ([10.0, 20.0], [0.65, 0.5])
 
     fig = plots.panel_figure("loss", [run])
@@ -102,7 +102,7 @@ def test_named_eval_sets_and_loss_terms_go_to_their_own_curve(tmp_path):
     history = [{**row, "nll_loss": 1.5 - row["step"] / 100, "log_odds_ratio": -0.6, "log_odds_chosen": 0.2}
                for row in dpo_rows()]
     history.append({"eval_nll_loss": 1.4, "eval_heldout_loss": 0.6, "step": 15})
-    run = plots.load_run(fake_run(tmp_path / "orpo", history))
+    run = run_logs.load_run(fake_run(tmp_path / "orpo", history))
     assert labels(plots.panel_figure("loss", [run])) == ["loss", "eval heldout loss"]
     terms = plots.panel_figure("terms", [run])
     assert [ax.get_ylabel() for ax in terms.axes if ax.get_visible()] == [
@@ -116,7 +116,7 @@ def test_hook_run_gets_hook_png_with_one_axes_per_metric(tmp_path):
     written = plots.plot_run(run_dir)
     assert (run_dir / "plots" / "hook.png") in written
     assert_valid_png(run_dir / "plots" / "hook.png")
-    fig = plots.panel_figure("hook", [plots.load_run(run_dir)])
+    fig = plots.panel_figure("hook", [run_logs.load_run(run_dir)])
     assert sorted(ax.get_ylabel() for ax in fig.axes if ax.get_visible()) == [
         "odpo/accuracy (share of pairs)", "odpo/loss (nats)", "odpo/offset (nats)"]
     assert "lengths.png" not in {p.name for p in written}  # no eval_answers.jsonl: skipped, not an error
@@ -127,7 +127,7 @@ def test_kto_history_without_margins_skips_that_panel_and_says_so(tmp_path, capl
                for i in range(1, 4)]
     history[1]["rewards/rejected"] = -0.2  # a logging interval with undesirable rows
     run_dir = fake_run(tmp_path / "kto", history)
-    with caplog.at_level("INFO", logger="dpo_recipes.plots"):
+    with caplog.at_level("INFO", logger="dpo_recipes.watch.plots"):
         written = {p.stem for p in plots.plot_run(run_dir)}
     assert written == {"loss", "rewards", "logps", "terms", "overview"}
     assert "margins (no rewards/margins logged)" in caplog.text and "accuracies" in caplog.text
@@ -140,7 +140,7 @@ def test_nan_values_are_gaps_and_an_all_nan_curve_is_skipped(tmp_path):
     history[3]["logps/chosen"] = float("inf")
     for row in history:
         row["rewards/margins"] = float("nan")
-    run = plots.load_run(fake_run(tmp_path / "nan", history))
+    run = run_logs.load_run(fake_run(tmp_path / "nan", history))
     line = plots.panel_figure("loss", [run]).axes[0].get_lines()[0]
     assert [math.isnan(y) for y in line.get_ydata()] == [False, True, True, False]
     assert math.isnan(run["series"]["logps/chosen"][1][3])
@@ -158,7 +158,7 @@ def test_overlay_of_two_runs_draws_one_line_per_run_labelled_by_folder(tmp_path,
     assert main(["plot", str(first), str(second), "--out", str(tmp_path / "compare")]) == 0
     written = [Path(line) for line in capsys.readouterr().out.splitlines() if line.endswith(".png")]
     assert {p.stem for p in written} == DEFAULT_PANELS and all(p.parent == tmp_path / "compare" for p in written)
-    runs = [plots.load_run(first, "a/run"), plots.load_run(second, "b/run")]
+    runs = [run_logs.load_run(first, "a/run"), run_logs.load_run(second, "b/run")]
     assert labels(plots.panel_figure("margins", runs)) == ["a/run: rewards/margins", "b/run: rewards/margins"]
     colors = [line.get_color() for line in plots.panel_figure("loss", runs).axes[0].get_lines()]
     assert len(set(colors)) == 2
@@ -228,7 +228,7 @@ def test_a_corrupt_metrics_line_is_an_error_naming_the_line(tmp_path):
 
 
 def test_orpo_and_simpo_panels_say_their_rewards_have_no_reference(tmp_path):
-    from dpo_recipes.plots import panel_text
+    from dpo_recipes.watch.plots import panel_text
 
     dpo, orpo = {"recipe": "dpo_lora"}, {"recipe": "orpo"}
     assert "mean token log-prob" in panel_text("rewards", [orpo])[1]

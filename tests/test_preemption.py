@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
-from dpo_recipes import preemption
-from dpo_recipes.preemption import EXIT_PREEMPTED, Preempted, PreemptionHandler
+from dpo_recipes.train import preemption
+from dpo_recipes.train.preemption import EXIT_PREEMPTED, Preempted, PreemptionHandler
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 SIGNAL_AT_STEP = f"""
@@ -25,7 +25,7 @@ import os, signal, sys
 sys.path.insert(0, {str(ROOT / "recipes")!r})
 from transformers import TrainerCallback
 import dpo_lora
-from dpo_recipes import trainer as trainer_module
+from dpo_recipes.train import trainer as trainer_module
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.run import recipe_errors
 

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from dpo_recipes import cli, presets
+from dpo_recipes import cli
+
+from dpo_recipes.config import presets
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.preflight import check_before_run, check_config, parse_config, preflight
+from dpo_recipes.check.preflight import check_before_run, check_config, parse_config, preflight
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs"
@@ -277,7 +279,7 @@ def mistral_7b_config(tmp_path_factory) -> str:
 
 
 def test_a_7b_model_is_counted_from_its_config_alone(mistral_7b_config, monkeypatch):
-    from dpo_recipes import preflight_estimate
+    from dpo_recipes.check import estimate as preflight_estimate
 
     lora = run_check("dpo_lora", "--preset", "lora-gpu", model=mistral_7b_config).estimate
     # r=16 all-linear LoRA on the top 16 of 32 layers (the recipe's lora_top_fraction 0.5)
@@ -327,7 +329,7 @@ def _parsed(*flags: str, model: str):
 def test_check_before_run_honours_the_preflight_setting(tiny_model_dir, caplog):
     assert check_before_run(*_parsed("--preflight", "off", "--padding_free", "true", model=tiny_model_dir),
                             "dpo_lora") is None
-    with caplog.at_level(logging.INFO, logger="dpo_recipes.preflight"):
+    with caplog.at_level(logging.INFO, logger="dpo_recipes.check.preflight"):
         report = check_before_run(*_parsed("--padding_free", "true", model=tiny_model_dir), "dpo_lora")
     assert report.warnings == 1 and "padding_free" in caplog.text and "memory" in caplog.text
     with pytest.raises(DPORecipesError, match="padding_free ignored") as exc:
@@ -335,7 +337,7 @@ def test_check_before_run_honours_the_preflight_setting(tiny_model_dir, caplog):
                          "dpo_lora")
     assert "\n" not in str(exc.value)
     caplog.clear()
-    with caplog.at_level(logging.ERROR, logger="dpo_recipes.preflight"):  # warn: TRL refuses it later, in its words
+    with caplog.at_level(logging.ERROR, logger="dpo_recipes.check.preflight"):  # warn: TRL refuses it later, in its words
         report = check_before_run(*_parsed("--sync_ref_model", "true", model=tiny_model_dir), "dpo_lora")
     assert report.errors == 1 and "sync_ref_model" in caplog.text
 

@@ -4,13 +4,13 @@ import pytest
 
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.presets import DEFAULT_PRESET, PRESETS, default_preset, hardware_defaults, preset_defaults
+from dpo_recipes.config.presets import DEFAULT_PRESET, PRESETS, default_preset, hardware_defaults, preset_defaults
 
 
 def test_hardware_defaults_ask_for_bf16_on_a_cpu_only_where_it_multiplies_bf16():
     import torch
 
-    from dpo_recipes.presets import cpu_has_fast_bf16
+    from dpo_recipes.config.presets import cpu_has_fast_bf16
 
     defaults = hardware_defaults()
     if not torch.cuda.is_available():
@@ -74,7 +74,7 @@ def test_default_config_parses_with_safe_defaults():
 
 
 def test_length_grouping_is_for_the_dpo_trainer_only():
-    from dpo_recipes.presets import preset_defaults
+    from dpo_recipes.config.presets import preset_defaults
 
     assert preset_defaults("lora-cpu")["train_sampling_strategy"] == "group_by_length"
     for variant in ("orpo", "simpo", "kto"):  # their trainers' columns give transformers no lengths to group by
@@ -84,7 +84,7 @@ def test_length_grouping_is_for_the_dpo_trainer_only():
 
 @pytest.mark.parametrize("launch, bf16", [("bf16", True), ("no", False)])
 def test_a_deepspeed_launch_fixes_the_precision(monkeypatch, launch, bf16):
-    from dpo_recipes.presets import hardware_defaults
+    from dpo_recipes.config.presets import hardware_defaults
 
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch)
@@ -92,7 +92,7 @@ def test_a_deepspeed_launch_fixes_the_precision(monkeypatch, launch, bf16):
 
 
 def test_fsdp_on_a_cpu_and_cpu_flag_with_deepspeed_are_refused(monkeypatch):
-    from dpo_recipes.distributed import check_launch_environment
+    from dpo_recipes.train.distributed import check_launch_environment
     from dpo_recipes.errors import DPORecipesError
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

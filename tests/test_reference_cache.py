@@ -8,8 +8,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-from dpo_recipes import reference_cache as rc
-from dpo_recipes.reference_cache import ReferenceCache, pair_keys, reference_key, trained_adapter
+from dpo_recipes.train import reference_cache as rc
+from dpo_recipes.train.reference_cache import ReferenceCache, pair_keys, reference_key, trained_adapter
 from test_trainer import make, pairs, tiny_model, tiny_tokenizer
 
 

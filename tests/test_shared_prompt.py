@@ -9,7 +9,7 @@ import torch
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import add_fused_lm_head
 
-from dpo_recipes.shared_prompt import install, pack_pairs, shared_prompts, unpack_hidden, unsupported_reason
+from dpo_recipes.train.shared_prompt import install, pack_pairs, shared_prompts, unpack_hidden, unsupported_reason
 from test_trainer import make, pairs, tiny_model, tiny_tokenizer
 
 EXAMPLES = [  # prompts of different lengths; answers that start alike, differ at once, or are prefixes of each other
@@ -50,7 +50,7 @@ def test_pack_pairs_shares_the_common_prefix_and_restarts_the_rejected_positions
 
 
 def test_short_pairs_share_a_row_without_seeing_each_other():
-    from dpo_recipes.shared_prompt import share_rows
+    from dpo_recipes.train.shared_prompt import share_rows
 
     b = batch(SHARING_A_ROW)
     packed = pack_pairs(b["input_ids"], b["attention_mask"])
@@ -196,7 +196,7 @@ def test_share_prompts_false_installs_nothing(tmp_path):
 def test_pair_lengths_with_shared_prompts_are_the_packed_row():
     from datasets import Dataset
 
-    from dpo_recipes.trainer import pair_lengths
+    from dpo_recipes.train.trainer import pair_lengths
 
     data = Dataset.from_list([{"prompt_ids": [1] * 10, "chosen_ids": [2] * 4, "rejected_ids": [3] * 7}])
     assert pair_lengths(data) == [17]                      # two rows, padded to the longer: 10 + 7

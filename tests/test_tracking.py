@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_recipes.tracking import prepare_wandb, redact, run_name_and_tags, source_revision, wandb_requested
+from dpo_recipes.watch.tracking import prepare_wandb, redact, run_name_and_tags, source_revision, wandb_requested
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_source_revision_is_this_checkouts_commit():
 
 
 def test_nested_tokens_and_credential_text_are_redacted():
-    from dpo_recipes.tracking import redact_argv
+    from dpo_recipes.watch.tracking import redact_argv
 
     assert redact({"model_init_kwargs": {"token": "hf_abcdefgh123", "revision": "main"}, "note": "key hf_abcdefgh123"}) \
         == {"model_init_kwargs": {"token": "<redacted>", "revision": "main"}, "note": "key <redacted>"}

@@ -14,8 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from trl import DPOConfig, DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.losses import odpo_loss, rdpo_loss
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.train.losses import odpo_loss, rdpo_loss
+from dpo_recipes.train.trainer import RecipeDPOTrainer
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -253,7 +253,7 @@ def test_scoring_only_completion_positions_gives_the_same_loss_and_gradients(tmp
     all-positions path."""
     import trl.trainer.utils as trl_utils
 
-    from dpo_recipes.trainer import score_completion_tokens_only
+    from dpo_recipes.train.lm_head import score_completion_tokens_only
 
     score_completion_tokens_only()
     patched = trl_utils._use_triton

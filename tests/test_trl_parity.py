@@ -45,7 +45,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.kernels.chunked_logprob import _use_triton as trl_use_triton
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.trainer import RecipeDPOTrainer
+from dpo_recipes.train.trainer import RecipeDPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

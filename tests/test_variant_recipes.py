@@ -10,7 +10,7 @@ import pytest
 from conftest import load_recipe
 import yaml
 
-from dpo_recipes.loss_presets import LOSS_PRESETS, VARIANT_PRESETS
+from dpo_recipes.config.loss_presets import LOSS_PRESETS, VARIANT_PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "pairs.jsonl"

@@ -68,7 +68,7 @@ def parse_pairs_args(default_config: str | Path | None = None, argv: list[str] |
     """Parse `argv`: YAML (`--config`, or `default_config` when neither --config nor --prompts_file is given) < CLI."""
     from trl import TrlParser
 
-    from dpo_recipes.config import canonical_flags
+    from dpo_recipes.config.arguments import canonical_flags
 
     parser = TrlParser((PairsArguments,))
     parser.error = _refuse

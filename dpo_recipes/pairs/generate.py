@@ -16,7 +16,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.evaluation import render_prompt
+from dpo_recipes.watch.evaluation import render_prompt
 
 
 def sample_seed(seed: int, index: int, sample: int) -> int:
@@ -27,7 +27,7 @@ def sample_seed(seed: int, index: int, sample: int) -> int:
 
 def render(tokenizer, prompt, where: str = "") -> str:
     """The text the model continues: the chat template with the generation prompt (a string prompt goes through
-    `dpo_recipes.evaluation.render_prompt`, as the project's other generation does); no template: the text as is."""
+    `dpo_recipes.watch.evaluation.render_prompt`, as the project's other generation does); no template: the text as is."""
     if isinstance(prompt, str):
         return render_prompt(tokenizer, prompt)
     if getattr(tokenizer, "chat_template", None):

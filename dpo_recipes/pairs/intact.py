@@ -1,7 +1,7 @@
 """General answers through the rounds: does teaching a task change what the model says where the task was not asked?
 
 Before round 0 the model answers the general prompts greedily (its base answers); after each round it answers them
-again, and the answers are measured against the base ones with the main job's checks (`dpo_recipes.evaluation`):
+again, and the answers are measured against the base ones with the main job's checks (`dpo_recipes.watch.evaluation`):
 
 - `degenerate_after`: answers that loop (`is_degenerate`), next to `degenerate_before`;
 - `unchanged_rate`: answers the same in substance (`same_substance`);
@@ -15,7 +15,7 @@ again, and the answers are measured against the base ones with the main job's ch
 
 from __future__ import annotations
 
-from dpo_recipes.evaluation import compare, general_kl, generate_answers, score_answers
+from dpo_recipes.watch.evaluation import compare, general_kl, generate_answers, score_answers
 from dpo_recipes.pairs.rules import Rule, build_rule
 
 FORM_TYPES = ("one_word", "lowercase", "ends_with", "json_keys", "regex")

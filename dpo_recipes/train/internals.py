@@ -3,7 +3,7 @@ checked against, and what happens when it is missing.
 
 The rule: a missing internal turns its lever off with one warning, or refuses in one line; it never gives a silently
 different result. Where a moved internal *could* change results without an error, the use site checks the behaviour
-itself on the run's first batch (see `dpo_recipes.trainer`: the loss list the hooks swap is verified against the loss
+itself on the run's first batch (see `train.trainer`: the loss list the hooks swap is verified against the loss
 TRL computed, the speed levers' log-probs against TRL's own path). `tests/test_internals.py` fails when any name below
 is gone from the installed versions, so a version bump shows what moved before a user does.
 """

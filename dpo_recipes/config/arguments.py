@@ -22,7 +22,8 @@ class RecipeArguments(ScriptArguments):
     # --- preset -------------------------------------------------------------------------------------------------
     preset: str | None = field(
         default=None,
-        metadata={"help": "Name of a preset in `dpo_recipes.presets` whose DPOConfig values become the defaults. "
+        metadata={"help": "Name of a preset in `dpo_recipes.config.presets` whose DPOConfig values become the "
+                  "defaults. "
                   "YAML and CLI values override it. None: the recipe's built-in preset."},
     )
 
@@ -78,7 +79,8 @@ class RecipeArguments(ScriptArguments):
     # --- watching the run ---------------------------------------------------------------------------------------
     health_monitor: str = field(
         default="warn",
-        metadata={"help": "DPO health alarms (dpo_recipes.monitor): warn prints each alarm once and logs it; stop "
+        metadata={"help": "DPO health alarms (dpo_recipes.watch.monitor): warn prints each alarm once and logs it; "
+                  "stop "
                   "also stops the run at the first alarm; off disables them. A NaN/inf loss or gradient always skips "
                   "its update and stops the run.",
                   "choices": ["off", "warn", "stop"]},
@@ -86,11 +88,11 @@ class RecipeArguments(ScriptArguments):
     health_thresholds: str | None = field(
         default=None,
         metadata={"help": "Override alarm thresholds as 'name=value,name=value' (a mapping in YAML); the names "
-                  "are the fields of dpo_recipes.monitor.HealthThresholds."},
+                  "are the fields of dpo_recipes.watch.monitor.HealthThresholds."},
     )
     preflight: str = field(
         default="warn",
-        metadata={"help": "The pre-flight check before any model work (dpo_recipes.preflight): warn prints its "
+        metadata={"help": "The pre-flight check before any model work (dpo_recipes.check.preflight): warn prints its "
                   "findings; strict stops on any warning; off skips it.", "choices": ["off", "warn", "strict"]},
     )
     plots: bool = field(
@@ -116,7 +118,7 @@ class RecipeArguments(ScriptArguments):
     share_prompts: bool = field(
         default=True,
         metadata={"help": "Run each pair's prompt through the model once instead of once per answer (the same "
-                  "log-probs to float rounding; see dpo_recipes.shared_prompt). false: TRL's two rows per pair."},
+                  "log-probs to float rounding; see dpo_recipes.train.shared_prompt). false: TRL's two rows per pair."},
     )
     reference_cache: str | None = field(
         default="auto",
@@ -172,7 +174,7 @@ class RecipeArguments(ScriptArguments):
         if isinstance(self.reference_cache, str) and self.reference_cache.strip().lower() in ("", "none", "null"):
             self.reference_cache = None
         elif self.reference_cache == "auto":
-            from dpo_recipes.reference_cache import default_dir
+            from dpo_recipes.train.reference_cache import default_dir
 
             self.reference_cache = str(default_dir())
         if self.eval_fraction is not None and not 0 < self.eval_fraction <= 0.5:
@@ -258,7 +260,8 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     identity run's data rules, evaluation prompts and output folder are for the identity data only, so your data
     gets the rules' defaults, no identity evaluation, and `outputs/<recipe>-<data name>` as output_dir.
     Preset: `--preset a,b` (overlaid left to right), else the YAML's `preset`, else the recipe's own `preset`
-    (dpo_full.py: full-gpu), else `default_preset()` for this hardware. `variant` ('orpo', 'simpo', 'kto'): take the loss from that trainer's settings (see `preset_defaults`).
+    (dpo_full.py: full-gpu), else `default_preset()` for this hardware. `variant` ('orpo', 'simpo', 'kto'): take the
+    loss from that trainer's settings (see `preset_defaults`).
     Returns the dataclass instances, (RecipeArguments, DPOConfig, RecipeModelConfig) by default;
     `RecipeArguments.preset` holds the preset names that applied.
     """
@@ -268,8 +271,8 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
 
     from trl import DPOConfig, TrlParser
 
-    from dpo_recipes.distributed import check_launch_environment
-    from dpo_recipes.presets import default_preset, preset_defaults
+    from dpo_recipes.train.distributed import check_launch_environment
+    from dpo_recipes.config.presets import default_preset, preset_defaults
 
     check_launch_environment()
 
@@ -323,7 +326,7 @@ def value_sources(parsed, argv: list[str], config: dict, config_path: str | None
     sets it), 'hardware' (precision picked for the machine), or 'default' (the dataclass default)."""
     import dataclasses
 
-    from dpo_recipes.presets import PRESETS
+    from dpo_recipes.config.presets import PRESETS
 
     given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
     names = [n.strip() for n in preset.split(",")]

@@ -18,37 +18,11 @@ import os
 import statistics
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from dpo_recipes.preflight import Setup
+from dpo_recipes.check.ranges import BETA_FAMILY, BETA_RANGES, LR_RANGES
 
-# Seed ranges: where published recipes and this project's presets put these values. Outside them a run is not wrong,
-# but it is on untested ground: flagged 'risky', never refused.
-BETA_RANGES = {
-    # DPO's beta for TRL's DPO losses, IPO's tau and KTO's beta: the alignment-handbook's preference-tuning scan
-    # varied beta 0.1-0.9 for DPO, IPO and KTO and found 0.01 effective in some settings
-    # (alignment-handbook recipes/pref_align_scan/README.md); Zephyr-7B-beta's DPO uses 0.01, the DPO paper 0.1-0.5.
-    "dpo": (0.01, 0.9),
-    # ORPO's lambda: 0.1 in Hong et al. 2024 and TRL's default, 0.05 in the handbook's zephyr-141b ORPO recipe; the
-    # range is a decade either side of 0.1.
-    "orpo": (0.01, 1.0),
-    # SimPO's beta (CPOTrainer 'simpo'): 2.0-2.5 in the authors' Mistral / Llama-3 configs (loss_presets uses their
-    # Llama-3-8B-Instruct 2.5) and 10 in their Gemma-2 config, quoted as read, not re-checked here.
-    "simpo": (1.0, 10.0),
-}
-LR_RANGES = {
-    # Full-parameter: the handbook's DPO recipes use 5e-7 (zephyr-7b-beta, zephyr-7b-gemma, starchat2) and 1e-6
-    # (smollm2), its ORPO recipe (no SFT stage before it) 5e-6; presets.full-gpu: "full-parameter range 1e-7 to 5e-6".
-    "full": (1e-7, 5e-6),
-    # LoRA needs ~10x the full-parameter rate (presets.lora-gpu: 5e-6, TRL's LoRA example; the handbook's QLoRA DPO
-    # 5e-6). The top: presets.identity-lora-cpu measured 3.5e-4 best and 5e-4 drifting general answers, unless an
-    # anchor term holds them ("lora+anchor").
-    "lora": (1e-6, 5e-4),
-    # With the anchor term: recipes/configs/dpo_lora.yaml runs 7e-4 with anchor_coef 10, general KL 0.036-0.052 over
-    # four seeds against 0.145-0.171 at 3.5e-4 without it (README, "Teaching without damage").
-    "lora+anchor": (1e-6, 1e-3),
-}
-# Loss types whose beta range is SimPO's or ORPO's rather than DPO's.
-_BETA_FAMILY = {"simpo": "simpo", "orpo": "orpo"}
+if TYPE_CHECKING:
+    from dpo_recipes.check.findings import Setup
+
 # TRL 1.16 DPOTrainer._compute_loss reads `label_smoothing` in these branches only.
 LABEL_SMOOTHING_LOSSES = {"robust", "exo_pair", "aot", "aot_unpaired"}
 # DPOTrainer.__init__: only these loss types accept a non-default f_divergence_type.
@@ -97,7 +71,7 @@ def recipe_refusals(s: Setup):
                      "DPO's loss hooks.", "drop loss_hook, or run recipes/dpo_lora.py.")
     elif hook is not None:  # trainer.check_hook_config, called by run.check_before_model and RecipeDPOTrainer
         from dpo_recipes.errors import DPORecipesError
-        from dpo_recipes.trainer import check_hook_config
+        from dpo_recipes.train.hooks import check_hook_config
 
         try:
             check_hook_config(hook, s.args)
@@ -171,7 +145,7 @@ def reference_settings(s: Setup):
                      "reference_cache keeps log-probs across runs.")
     if s.trainer != "dpo" or not s.recipe_args.reference_cache:
         return
-    from dpo_recipes.distributed import fsdp_requested
+    from dpo_recipes.train.distributed import fsdp_requested
 
     # RecipeDPOTrainer._open_reference_cache returns None (no cache) in these cases.
     reasons = [
@@ -326,7 +300,7 @@ def speed_levers(s: Setup):
 
 
 def precision_and_memory(s: Setup):
-    from dpo_recipes import presets
+    from dpo_recipes.config import presets
 
     a, m = s.args, s.model_args
     if a.bf16 and s.on_cpu and not presets.cpu_has_fast_bf16():
@@ -359,7 +333,7 @@ def precision_and_memory(s: Setup):
 
 
 def _bf16_ratio() -> str:
-    from dpo_recipes.preflight_estimate import matmul_gflops
+    from dpo_recipes.check.estimate import matmul_gflops
 
     bf16, fp32 = matmul_gflops("cpu", "bfloat16"), matmul_gflops("cpu", "float32")
     return f" (matmul probe here: bf16 {bf16:.0f} against fp32 {fp32:.0f} GFLOP/s)"
@@ -370,15 +344,15 @@ def seed_ranges(s: Setup):
     low, high = LR_RANGES[lr_kind]
     if not low <= s.args.learning_rate <= high:
         yield s.find("risky", "learning_rate", f"outside the {lr_kind} seed range {low:g}-{high:g} (published DPO / "
-                     "ORPO recipes and this project's presets; see preflight_rules.LR_RANGES).",
+                     "ORPO recipes and this project's presets; see check/ranges.py).",
                      f"start inside {low:g}-{high:g}.")
-    family = next((_BETA_FAMILY[t] for t in s.loss_types if t in _BETA_FAMILY), "dpo")
+    family = next((BETA_FAMILY[t] for t in s.loss_types if t in BETA_FAMILY), "dpo")
     if s.loss_types == ["sft"]:
         return  # beta unused
     low, high = BETA_RANGES[family]
     if not low <= s.args.beta <= high:
-        yield s.find("risky", "beta", f"outside the {family} seed range {low:g}-{high:g} (preflight_rules."
-                     "BETA_RANGES cites where it comes from).", f"start inside {low:g}-{high:g}.")
+        yield s.find("risky", "beta", f"outside the {family} seed range {low:g}-{high:g} (check/ranges.py "
+                     "cites where it comes from).", f"start inside {low:g}-{high:g}.")
 
 
 def data_lengths(s: Setup):

@@ -116,7 +116,7 @@ def _read_facts(path, name: str, model_args, training_args, fetch: bool) -> tupl
 
 
 def _shared_prompt_reason(model, attention: str | None) -> str | None:
-    from dpo_recipes.shared_prompt import SUPPORTED_ATTENTION, unsupported_reason
+    from dpo_recipes.train.shared_prompt import SUPPORTED_ATTENTION, unsupported_reason
 
     if attention and attention not in SUPPORTED_ATTENTION:
         return f"attention implementation {attention!r} takes no 4D mask (use sdpa or eager)"
@@ -279,7 +279,7 @@ def device_memory_gb(on_cpu: bool) -> float | None:
 
 def memory_findings(e: dict, s) -> list:
     """A risky finding when the memory estimate exceeds this machine's memory (an estimate: flagged, not refused)."""
-    from dpo_recipes.preflight import Finding
+    from dpo_recipes.check.findings import Finding
 
     need = e.get("memory_gb", {}).get("total")
     have = device_memory_gb(s.on_cpu)
@@ -357,5 +357,5 @@ def table(e: dict, s) -> str:
     elif "tflop_per_step" in e:
         lines.append(f"{'compute':10} {e['tflop_per_step']:.3g} TFLOP per step")
     lines.append("(an order of magnitude: matmul FLOPs over a measured rate, memory by formula; "
-                 "see dpo_recipes/preflight_estimate.py)")
+                 "see dpo_recipes/check/estimate.py)")
     return "\n".join(lines)

@@ -140,7 +140,7 @@ def source_revision() -> dict:
     ({'git_commit': None} when it is an installed copy, not a checkout)."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return {"git_commit": None}
     try:

@@ -1,7 +1,7 @@
 """Named presets for the loss variants, as data: the papers' settings, one reason per value.
 
 `LOSS_PRESETS` holds values for the main DPO recipe: `DPOConfig` fields plus the recipe's own loss-hook fields
-(`loss_hook`, `odpo_alpha`, `odpo_ratio`, `rdpo_alpha` of `RecipeArguments`). `dpo_recipes.presets` merges them with
+(`loss_hook`, `odpo_alpha`, `odpo_ratio`, `rdpo_alpha` of `RecipeArguments`). `config.presets` merges them with
 the other presets; YAML and CLI values override a preset.
 
 `VARIANT_PRESETS` holds values for the variant recipes that use another TRL trainer (ORPO, SimPO via CPO, KTO);

@@ -1,8 +1,8 @@
 """The speed levers that change how log-probs are computed check themselves once per run, on the run's first batch.
 
-Two levers compute TRL's log-probs another way for speed: shared-prompt packing (`dpo_recipes.shared_prompt`) and the
+Two levers compute TRL's log-probs another way for speed: shared-prompt packing (`train.shared_prompt`) and the
 compact fused LM head on CPUs (`trainer.score_completion_tokens_only`, through TRL's private `_use_triton`). Both are
-tested equal to TRL's own path, but they rest on internals of TRL and transformers (`dpo_recipes.internals`) that can
+tested equal to TRL's own path, but they rest on internals of TRL and transformers (`train.internals`) that can
 move. So before the first training step the policy's log-probs of that batch are computed twice without gradients,
 with the levers and without them (TRL's own path), and compared per completion token. Outside the tolerance of the
 precision in use, the levers turn themselves off for the rest of the run with one warning: slower, never different.
@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 NON_MODEL_KEYS = ("completion_mask", "ref_chosen_logps", "ref_rejected_logps")  # as TRL's DPOTrainer._compute_loss
 # Mean |difference| per completion token, in nats, above which the levers are not the same computation. Packing in
 # fp32 agrees to ~1e-6; low-precision matmuls over another layout differ by rounding (measured on the default run:
-# 0.005 nats per token in bf16 on its first batch); a real fault (a leaking mask, a wrong position) moves tokens by tenths of a nat.
+# 0.005 nats per token in bf16 on its first batch); a real fault (a leaking mask, a wrong position) moves tokens
+# by tenths of a nat.
 TOLERANCE = {"fp32": 1e-4, "low": 3e-2}
 
 

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.loss_presets import LOSS_PRESETS
+from dpo_recipes.config.loss_presets import LOSS_PRESETS
 
 # LoRA settings shared by the LoRA presets (ModelConfig fields).
 _LORA = {
@@ -50,7 +50,7 @@ PRESETS: dict[str, dict] = {
         "save_steps": 10,                # a checkpoint to resume from every 10 steps
         "save_total_limit": 1,
         "seed": 0,
-        "report_to": ["wandb"],          # offline when no W&B key (see dpo_recipes.tracking)
+        "report_to": ["wandb"],          # offline when no W&B key (see dpo_recipes.watch.tracking)
     },
     # LoRA DPO on a GPU for a 0.5-8B instruct model and a real preference set (UltraFeedback-like).
     "lora-gpu": {
@@ -153,7 +153,7 @@ def hardware_defaults() -> dict:
     where it multiplies bf16 in hardware (AVX512-BF16, AMX), else fp32."""
     import torch
 
-    from dpo_recipes.distributed import launch_precision
+    from dpo_recipes.train.distributed import launch_precision
 
     gpu = torch.cuda.is_available()
     # use_cpu: transformers refuses --bf16 without a GPU unless it is set (on a machine without a GPU it changes
@@ -190,7 +190,7 @@ def preset_defaults(names: str | None = None, variant: str | None = None) -> dic
     `variant` ('orpo', 'simpo', 'kto'): values for that recipe's trainer. Training presets apply without their DPO
     loss keys, the variant's loss settings (`loss_presets.VARIANT_PRESETS`) go on top, and DPO loss presets are refused.
     """
-    from dpo_recipes.loss_presets import VARIANT_PRESETS, variant_defaults
+    from dpo_recipes.config.loss_presets import VARIANT_PRESETS, variant_defaults
 
     values = hardware_defaults()
     for name in (names or default_preset()).split(","):

@@ -1,0 +1,70 @@
+"""Where a run is (for the one line a stop prints) and how a recipe ends: its errors as one line (exit 2),
+Ctrl-C (130), and a scheduler's SIGTERM/SIGUSR1 (75, after a checkpoint: `dpo_recipes.train.preemption`)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+from accelerate import PartialState
+
+from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.train.preemption import EXIT_PREEMPTED, Preempted
+from dpo_recipes.train.preemption import handler as preemption_handler
+from dpo_recipes.watch.tracking import last_checkpoint
+
+
+# Where the run is, for the one-line message on Ctrl-C.
+_PROGRESS: dict = {"stage": "start", "output_dir": None, "trainer": None}
+
+
+def set_stage(stage: str, **context) -> None:
+    """Note what the recipe is doing now (shown if the user interrupts it)."""
+    _PROGRESS["stage"] = stage
+    _PROGRESS.update(context)
+
+
+def _interrupt_message() -> str:
+    stage, out, trainer = _PROGRESS["stage"], _PROGRESS.get("output_dir"), _PROGRESS.get("trainer")
+    where = f"while {stage}"
+    if trainer is not None and stage == "training":
+        where += f", at step {trainer.state.global_step} of {trainer.state.max_steps}"
+    resume = ""
+    if out:
+
+        checkpoint = last_checkpoint(out)
+        resume = (f"; rerun the same command to resume from {checkpoint}" if checkpoint else
+                  "; no checkpoint was saved yet, so a rerun starts from the beginning")
+    return f"interrupted {where}{resume}."
+
+
+def _preempted_message(stopped: Preempted) -> str:
+    out, trainer = _PROGRESS.get("output_dir"), _PROGRESS.get("trainer")
+    if stopped.step is not None and out:
+        total = f" of {trainer.state.max_steps}" if trainer is not None else ""
+        checkpoint = Path(out) / f"checkpoint-{stopped.step}"
+        return (f"preempted by {stopped.name} at step {stopped.step}{total}: saved {checkpoint}; rerun the same "
+                "command to resume from it.")
+    return f"preempted by {stopped.name}: {_interrupt_message().removeprefix('interrupted ')}"
+
+
+@contextlib.contextmanager
+def recipe_errors():
+    """A recipe's user errors and Ctrl-C as one line on stderr: exit status 2, or 130 for an interrupt. SIGTERM and
+    SIGUSR1 (a scheduler's preemption, `dpo_recipes.train.preemption`) save a checkpoint at the next step boundary and
+    exit with status 75 (EXIT_PREEMPTED)."""
+    preemption_handler().install()
+    try:
+        yield
+    except DPORecipesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(_interrupt_message(), file=sys.stderr)
+        raise SystemExit(130) from None
+    except Preempted as stopped:
+
+        if PartialState().is_main_process:
+            print(_preempted_message(stopped), file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_PREEMPTED) from None
