@@ -12,7 +12,12 @@ from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments
 
+from dpo_recipes.config.presets import PRESETS, default_preset, preset_defaults
+from dpo_recipes.data import ValidationConfig
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.train.distributed import check_launch_environment
+from dpo_recipes.train.reference_cache import default_dir
+from dpo_recipes.versions import warn_outside_tested_window
 
 
 @dataclass
@@ -174,8 +179,6 @@ class RecipeArguments(ScriptArguments):
         if isinstance(self.reference_cache, str) and self.reference_cache.strip().lower() in ("", "none", "null"):
             self.reference_cache = None
         elif self.reference_cache == "auto":
-            from dpo_recipes.train.reference_cache import default_dir
-
             self.reference_cache = str(default_dir())
         if self.eval_fraction is not None and not 0 < self.eval_fraction <= 0.5:
             raise DPORecipesError(f"--eval_fraction {self.eval_fraction}: use a share between 0 and 0.5 (e.g. 0.1).")
@@ -187,8 +190,6 @@ class RecipeArguments(ScriptArguments):
 
     def validation_config(self):
         """The data layer's ValidationConfig for these arguments."""
-        from dpo_recipes.data import ValidationConfig
-
         return ValidationConfig(min_chosen_chars=self.min_chosen_chars, min_rejected_chars=self.min_rejected_chars,
                                 max_similarity=self.max_similarity, drop_truncated=self.drop_truncated,
                                 require_score_order=not self.allow_score_ties)
@@ -265,14 +266,9 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     Returns the dataclass instances, (RecipeArguments, DPOConfig, RecipeModelConfig) by default;
     `RecipeArguments.preset` holds the preset names that applied.
     """
-    from dpo_recipes.versions import warn_outside_tested_window
-
     warn_outside_tested_window()  # once per process: an installed torch/TRL/transformers/... outside the tested window
 
     from trl import DPOConfig, TrlParser
-
-    from dpo_recipes.train.distributed import check_launch_environment
-    from dpo_recipes.config.presets import default_preset, preset_defaults
 
     check_launch_environment()
 
@@ -325,8 +321,6 @@ def value_sources(parsed, argv: list[str], config: dict, config_path: str | None
     """Where each resolved argument came from: 'cli', 'yaml:PATH', 'preset:NAME' (the last preset in `preset` that
     sets it), 'hardware' (precision picked for the machine), or 'default' (the dataclass default)."""
     import dataclasses
-
-    from dpo_recipes.config.presets import PRESETS
 
     given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
     names = [n.strip() for n in preset.split(",")]

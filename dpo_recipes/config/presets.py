@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from dpo_recipes.config.loss_presets import LOSS_PRESETS, VARIANT_PRESETS, variant_defaults
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.config.loss_presets import LOSS_PRESETS
+from dpo_recipes.train.distributed import launch_precision
 
 # LoRA settings shared by the LoRA presets (ModelConfig fields).
 _LORA = {
@@ -153,8 +154,6 @@ def hardware_defaults() -> dict:
     where it multiplies bf16 in hardware (AVX512-BF16, AMX), else fp32."""
     import torch
 
-    from dpo_recipes.train.distributed import launch_precision
-
     gpu = torch.cuda.is_available()
     # use_cpu: transformers refuses --bf16 without a GPU unless it is set (on a machine without a GPU it changes
     # nothing else)
@@ -190,8 +189,6 @@ def preset_defaults(names: str | None = None, variant: str | None = None) -> dic
     `variant` ('orpo', 'simpo', 'kto'): values for that recipe's trainer. Training presets apply without their DPO
     loss keys, the variant's loss settings (`loss_presets.VARIANT_PRESETS`) go on top, and DPO loss presets are refused.
     """
-    from dpo_recipes.config.loss_presets import VARIANT_PRESETS, variant_defaults
-
     values = hardware_defaults()
     for name in (names or default_preset()).split(","):
         name = name.strip()

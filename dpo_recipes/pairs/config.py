@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpo_recipes.config.arguments import canonical_flags
 from dpo_recipes.errors import DPORecipesError
 
 
@@ -67,8 +68,6 @@ def _refuse(message: str):
 def parse_pairs_args(default_config: str | Path | None = None, argv: list[str] | None = None) -> PairsArguments:
     """Parse `argv`: YAML (`--config`, or `default_config` when neither --config nor --prompts_file is given) < CLI."""
     from trl import TrlParser
-
-    from dpo_recipes.config.arguments import canonical_flags
 
     parser = TrlParser((PairsArguments,))
     parser.error = _refuse

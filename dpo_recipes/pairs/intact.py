@@ -15,8 +15,8 @@ again, and the answers are measured against the base ones with the main job's ch
 
 from __future__ import annotations
 
-from dpo_recipes.watch.evaluation import compare, general_kl, generate_answers, score_answers
 from dpo_recipes.pairs.rules import Rule, build_rule
+from dpo_recipes.watch.evaluation import compare, general_kl, generate_answers, score_answers
 
 FORM_TYPES = ("one_word", "lowercase", "ends_with", "json_keys", "regex")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpo_recipes.data import ValidationConfig, load_preference_data
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.jsonio import write_json_atomic, write_jsonl_atomic
 from dpo_recipes.pairs.make import PairsResult
@@ -58,8 +59,6 @@ def save_pairs(result: PairsResult, out: str | Path, extra: dict | None = None):
     An empty result writes only the summary and raises `DPORecipesError` with `result.why_empty()` (pairs an earlier
     run wrote to `out` are left, and the message says so).
     """
-    from dpo_recipes.data import ValidationConfig, load_preference_data
-
     paths = pairs_paths(out)
     summary = {"output_file": str(paths.out), "work_file": str(paths.work), **(extra or {}),
                "settings": result.settings, "output_format": result.output_format, "counts": result.counts,

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.models import load_tokenizer, missing_in_folder
 from dpo_recipes.pairs.prompts import PromptRow
 from dpo_recipes.pairs.rules import as_score, function_name, load_function
 from dpo_recipes.pairs.verifiers import Verifier
@@ -76,8 +77,6 @@ def load_reward_model(path: str, dtype: str = "float32"):
     """A local sequence-classification reward model (safetensors, no remote code) and its tokenizer."""
     import torch
     from transformers import AutoModelForSequenceClassification
-
-    from dpo_recipes.models import load_tokenizer, missing_in_folder
 
     folder = Path(path).expanduser()
     missing = missing_in_folder(folder, "model") if folder.is_dir() else f"{folder} is not a folder"

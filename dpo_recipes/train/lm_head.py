@@ -8,6 +8,7 @@ import torch
 
 from dpo_recipes.train.internals import warn_once
 
+
 def score_completion_tokens_only() -> None:
     """Make TRL 1.16's fused LM head score only the completion positions on a CPU too, as it does on CUDA.
 

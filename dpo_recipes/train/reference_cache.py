@@ -24,16 +24,18 @@ cache never corrupt it: the worst a race costs is a recomputation.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import hashlib
 import logging
 import math
 import os
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
+
+from dpo_recipes.jsonio import write_file_atomic
+from dpo_recipes.models import default_cache_dir
 
 CACHE_ENV = "DPO_RECIPES_REFERENCE_CACHE"
 
@@ -41,8 +43,6 @@ CACHE_ENV = "DPO_RECIPES_REFERENCE_CACHE"
 def default_dir() -> Path:
     """`$DPO_RECIPES_REFERENCE_CACHE`, else `reference-logps` in the project's cache folder (`models.default_cache_dir`:
     `$DPO_RECIPES_CACHE`, `$XDG_CACHE_HOME/dpo-recipes` or `~/.cache/dpo-recipes`)."""
-    from dpo_recipes.models import default_cache_dir
-
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return default_cache_dir() / "reference-logps"
@@ -185,8 +185,6 @@ class ReferenceCache:
 
     def _save(self) -> Path:
         from safetensors.torch import save_file
-
-        from dpo_recipes.jsonio import write_file_atomic
 
         shards = self._shards()
         merge = len(shards) + 1 > MAX_SHARDS

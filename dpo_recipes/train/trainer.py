@@ -24,13 +24,22 @@ from trl import DPOTrainer
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.train.hook_terms import HookTerms, _aligned, _trl_version
-from dpo_recipes.train.hooks import (ANCHOR_REFERENCE, BATCH_ONLY, LOSS_HOOKS, SCORE_COLUMNS, ScoreCollator,
-                                     check_anchor_config, check_hook_config, check_hook_scores)
+from dpo_recipes.train.hooks import (
+    ANCHOR_REFERENCE,
+    BATCH_ONLY,
+    LOSS_HOOKS,
+    SCORE_COLUMNS,
+    ScoreCollator,
+    check_anchor_config,
+    check_hook_config,
+    check_hook_scores,
+)
 from dpo_recipes.train.internals import missing as internals_missing
 from dpo_recipes.train.internals import warn_once
 from dpo_recipes.train.lever_check import levers_agree
 from dpo_recipes.train.lm_head import drop_compact_lm_head, full_lm_head, score_completion_tokens_only
 from dpo_recipes.train.nonfinite import NonFiniteGuard
+from dpo_recipes.train.reference_cache import ReferenceCache, pair_keys, reference_key, trained_adapter
 from dpo_recipes.train.shared_prompt import install as install_shared_prompt
 from dpo_recipes.train.shared_prompt import shared_prompts
 
@@ -258,8 +267,6 @@ class RecipeDPOTrainer(HookTerms, DPOTrainer):
     def _open_reference_cache(self, directory: str):
         """The cache for this reference, or None where its weights cannot be read whole here (ZeRO-3, FSDP), where
         TRL precomputes the reference anyway, or for images."""
-        from dpo_recipes.train.reference_cache import ReferenceCache, reference_key, trained_adapter
-
         if (self.precompute_ref_logps or self._is_vision_dataset or self.is_fsdp_enabled
                 or getattr(self.args, "sync_ref_model", False)):  # a reference that changes has no stable key
             return None
@@ -279,8 +286,6 @@ class RecipeDPOTrainer(HookTerms, DPOTrainer):
         """The batch with `ref_chosen_logps`/`ref_rejected_logps`: from the cache, or computed by TRL and kept. With
         the anchor term, also `ANCHOR_REFERENCE`: the reference's per-token log-probs on the chosen rows (zero off the
         anchors' answer tokens), aligned as `_token_log_probs` aligns the policy's."""
-        from dpo_recipes.train.reference_cache import pair_keys
-
         cache = self.reference_cache
         device = inputs["input_ids"].device
         keys = pair_keys(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])

@@ -23,6 +23,7 @@ import torch
 from rapidfuzz import fuzz
 
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.jsonio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -307,8 +308,6 @@ def answers_before_training(model, tokenizer, prompts: list[dict], recipe_args, 
         return score_answers(prompts, answers, recipe_args.identity_name)
     result = evaluate_prompts(model, tokenizer, prompts, recipe_args)
     if state.is_main_process:
-        from dpo_recipes.jsonio import write_json_atomic
-
         write_json_atomic(path, {"key": key, "model": model_key.get("model"), "prompts": [p["prompt"] for p in prompts],
                                  "answers": result.answers})
     return result

@@ -35,8 +35,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.watch.thresholds import HealthThresholds
 from dpo_recipes.train.nonfinite import last_checkpoint_before
+from dpo_recipes.watch.thresholds import HealthThresholds
 
 logger = logging.getLogger(__name__)  # "dpo_recipes.watch.monitor"
 
