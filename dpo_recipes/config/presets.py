@@ -45,7 +45,7 @@ PRESETS: dict[str, dict] = {
         # pairs (~130 s on 2 cores), more than the per-step reference forwards for the 240 pairs the run trains.
         # Turn it on for multi-epoch runs (it then saves a forward per pair per extra epoch).
         "precompute_ref_log_probs": False,
-        "gradient_checkpointing": False,  # 135M fits easily; checkpointing would cost ~20-30% speed for nothing
+        "activation_checkpointing": False,  # 135M fits easily; checkpointing would cost ~20-30% speed for nothing
         "logging_steps": 5,
         "save_strategy": "steps",
         "save_steps": 10,                # a checkpoint to resume from every 10 steps
@@ -65,7 +65,7 @@ PRESETS: dict[str, dict] = {
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.1,             # 10% of the steps: a ratio when < 1 (transformers 5 has no warmup_ratio)
         "max_length": 1024,              # 512-1024 covers most chat preference data; audit with `dpo-recipes validate`
-        "gradient_checkpointing": True,  # memory, not speed, is what limits batch size on a GPU
+        "activation_checkpointing": True,  # memory, not speed, is what limits batch size on a GPU
         "logging_steps": 10,
         "save_strategy": "steps",
         "save_steps": 200,
@@ -83,7 +83,7 @@ PRESETS: dict[str, dict] = {
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.1,             # 10% of the steps (a ratio when < 1)
         "max_length": 1024,
-        "gradient_checkpointing": True,
+        "activation_checkpointing": True,
         "logging_steps": 10,
         "save_strategy": "steps",
         "save_steps": 100,
@@ -97,7 +97,7 @@ PRESETS["lora-cpu"] = {
     **PRESETS["lora-gpu"],
     # A CPU run is limited by compute, not memory: recomputing costs 5% of the pairs/s (0.642 against 0.611 on HH
     # pairs in benchmarks/throughput.py) to halve peak memory (2.6 against 5.1 GB), which a 135M-1B model does not need.
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,
 }
 # Batches of pairs of similar length pad less: +4-12% pairs/s on HH pairs (prompts of 120-230 tokens), more on data
 # whose lengths vary more. Batches stay random (megabatches of 50 batches are drawn at random, then sorted). Not in the
@@ -136,7 +136,7 @@ def performance_defaults() -> dict:
     max_length 256). The CPU LoRA presets turn it off for speed, since a 135M-1B model fits either way. Length
     grouping is left out here: it changes which pairs share a batch, so the losses would no longer match plain TRL's.
     """
-    return {**hardware_defaults(), "gradient_checkpointing": True}
+    return {**hardware_defaults(), "activation_checkpointing": True}
 
 
 @functools.cache
@@ -189,7 +189,8 @@ def preset_defaults(names: str | None = None, variant: str | None = None) -> dic
     `variant` ('orpo', 'simpo', 'kto'): values for that recipe's trainer. Training presets apply without their DPO
     loss keys, the variant's loss settings (`loss_presets.VARIANT_PRESETS`) go on top, and DPO loss presets are refused.
     """
-    values = hardware_defaults()
+    # TRL's own default (gradient checkpointing on), under transformers 5's name: the old one warns on every run.
+    values = {"activation_checkpointing": True, **hardware_defaults()}
     for name in (names or default_preset()).split(","):
         name = name.strip()
         if name not in PRESETS:

@@ -12,6 +12,7 @@ from peft import PeftModel
 from dpo_recipes.jsonio import apply_default_modes, write_json_atomic
 from dpo_recipes.models import merge_adapter
 from dpo_recipes.run.inputs import load_model_for
+from dpo_recipes.run.model_card import write_model_card
 from dpo_recipes.run.plan import RUN_OUTPUTS, RUN_RECORD, RunPlan, wait_for_everyone
 from dpo_recipes.run.stage import set_stage
 from dpo_recipes.run.training import Watch
@@ -127,6 +128,7 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch
     if not trainer.is_world_process_zero():
         return
     write_summary(plan.output_dir, summary, before, after)
+    write_model_card(plan.output_dir, summary, plan.record.get("recipe", "dpo_lora"))
     drawn = draw_plots(plan.output_dir) if plots else []
     if watch is not None and watch.wandb_run is not None:
         finish_wandb_run(summary, before, after, monitor.alarms if monitor is not None else (), drawn)

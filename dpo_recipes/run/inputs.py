@@ -15,9 +15,10 @@ from dpo_recipes.run.stage import set_stage
 
 def load_tokenizer_for(model_args, training_args):
     """Resolve `--model_name_or_path` (fetching the embedded default if needed) and load only its tokenizer."""
-
     set_stage("loading the tokenizer")
     path = resolve_model_path(model_args.model_name_or_path)
+    if Path(path).is_dir():  # absolute: adapter_config.json and the model card then name it from any folder
+        path = str(Path(path).resolve())
     missing = missing_in_folder(Path(path), "model") if Path(path).is_dir() else None
     if missing:  # found now, not after the data is read and the output folder is claimed for this run
         raise DPORecipesError(f"--model_name_or_path {model_args.model_name_or_path}: {path} is not a model folder: "
@@ -27,7 +28,6 @@ def load_tokenizer_for(model_args, training_args):
 
 def load_model_for(model_args, training_args, model_path: str):
     """Load the policy model's weights (safetensors only; remote code only with --trust_remote_code true)."""
-
     set_stage("loading the model")
     return load_model(model_path, dtype=model_args.dtype, revision=model_args.model_revision,
                       attn_implementation=model_args.attn_implementation,
@@ -42,7 +42,6 @@ def load_train_data(recipe_args, training_args, tokenizer, allow_unpaired: bool 
     Pairs the trainer would drop because their prompt fills `max_length` are dropped here and counted, so the report
     and the summary give the pairs that really train. With none left it stops in one line.
     """
-
     set_stage("loading the data")
     if not recipe_args.dataset_name:
         raise DPORecipesError("No training data: pass --dataset_name PAIRS.jsonl (or a folder / hub id), or --config.")
@@ -71,7 +70,6 @@ def load_eval_data(recipe_args, training_args, tokenizer, data, allow_unpaired: 
     - neither, and eval_strategy is not 'no': dataset_name's dataset_test_split when dataset_name is a folder or a
       hub dataset (TRL's and alignment-handbook's scripts' behaviour); a single file has no test split: refused.
     """
-
     strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
     if recipe_args.eval_fraction:
         return _carve_eval_pairs(data, recipe_args.eval_fraction,
@@ -99,7 +97,6 @@ def load_eval_data(recipe_args, training_args, tokenizer, data, allow_unpaired: 
 
 def _carve_eval_pairs(data, fraction: float, seed: int):
     """Move about `fraction` of data.dataset's pairs, whole prompts at a time, into an eval set (seeded)."""
-
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(data.dataset["prompt"]):
         groups.setdefault(json.dumps(prompt, sort_keys=True, ensure_ascii=False), []).append(i)

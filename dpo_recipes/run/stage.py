@@ -49,6 +49,14 @@ def _preempted_message(stopped: Preempted) -> str:
     return f"preempted by {stopped.name}: {_interrupt_message().removeprefix('interrupted ')}"
 
 
+def _line(message: str) -> None:
+    """One line on stderr, on a line of its own even when a progress bar was drawing (Ctrl-C lands mid-bar)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+    sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def recipe_errors():
     """A recipe's user errors and Ctrl-C as one line on stderr: exit status 2, or 130 for an interrupt. SIGTERM and
@@ -58,13 +66,13 @@ def recipe_errors():
     try:
         yield
     except DPORecipesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _line(f"error: {exc}")
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(_interrupt_message(), file=sys.stderr)
+        _line(_interrupt_message())
         raise SystemExit(130) from None
     except Preempted as stopped:
 
         if PartialState().is_main_process:
-            print(_preempted_message(stopped), file=sys.stderr, flush=True)
+            _line(_preempted_message(stopped))
         raise SystemExit(EXIT_PREEMPTED) from None
