@@ -17,16 +17,6 @@ import sys
 
 from dpo_recipes.errors import DPORecipesError
 
-# Recipe YAML key -> the CLI option (argparse dest) it sets; the same names as the recipe's RecipeArguments.
-CONFIG_KEYS = {"dataset_name": "path", "dataset_train_split": "split", "data_format": "format",
-               "column_map": "column_map", "validation": "validation", "min_chosen_chars": "min_chosen_chars",
-               "min_rejected_chars": "min_rejected_chars", "max_similarity": "max_similarity",
-               "drop_truncated": "drop_truncated", "max_length": "max_length", "model_name_or_path": "model"}
-# Values when neither the YAML nor a flag sets them (rule thresholds come from ValidationConfig).
-DATA_DEFAULTS = {"path": None, "model": None, "split": "train", "format": None, "column_map": None, "validation": "strict",
-                 "max_length": None, "min_chosen_tokens": None, "min_rejected_tokens": None,
-                 "keep_duplicates": False, "allow_score_ties": False}
-
 
 def _similarity(text: str) -> float | None:
     """--max-similarity value: a number (>= 1 disables the filter) or none/off/null."""
@@ -86,7 +76,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     summary = " ".join(__doc__.split("\n\n")[0].split()).removeprefix("`dpo-recipes` command line: ")
-    parser = argparse.ArgumentParser(prog="dpo-recipes", description=f"DPO recipes over TRL: {summary}")
+    parser = argparse.ArgumentParser(prog="dpo-recipes", description=f"DPO recipes over TRL: {summary}",
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -133,11 +124,49 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--cache-dir", default=None, metavar="DIR", help="cache folder (default: the user cache)")
     f.add_argument("--force", action="store_true", help="rebuild even if cached")
 
+    sub.add_parser("ls", help="list the shipped recipes and their configs",
+                   description="List the recipes dpo-recipes ships, each with its YAML configs and what it does.")
+    cp = sub.add_parser("cp", help="copy a recipe and its configs into a folder of yours, to run and edit",
+                        description="Copy a shipped recipe (e.g. dpo_lora) into DEST (default: this folder), with its "
+                                    "YAML configs in DEST/configs. Data paths in the copied YAMLs point at the shipped "
+                                    "data, so `python DEST/RECIPE.py` runs as it is from any folder; then change "
+                                    "values (dataset_name, the model, the learning rate) in the YAML, not plumbing.")
+    cp.add_argument("recipe", metavar="RECIPE", help="a recipe name from `dpo-recipes ls` (dpo_lora, kto, ...)")
+    cp.add_argument("dest", nargs="?", default=".", metavar="DEST", help="folder to copy into (default: .)")
+    cp.add_argument("--force", action="store_true", help="overwrite files that are already there")
+
+    tr = sub.add_parser("train", allow_abbrev=False,  # --config is the recipe's, not an abbreviated --config_file
+                        help="run a recipe on 1 or more processes, keeping its one-line errors and exit status",
+                        description="Run RECIPE (a name from `dpo-recipes ls`, or a recipe file) with the recipe flags "
+                                    "that follow. One process runs it directly; --num_processes N or an accelerate "
+                                    "--config_file runs it under `accelerate launch` quietly, and exits with the "
+                                    "recipe's own status (0, 2 for a refusal, 75 after a preemption checkpoint, 130 "
+                                    "for Ctrl-C) instead of the launcher's 1. Plain `accelerate launch` keeps working.")
+    tr.add_argument("recipe", metavar="RECIPE", help="dpo_lora, kto, ... or path/to/recipe.py")
+    tr.add_argument("--num_processes", type=int, default=None, help="processes to launch (default: 1, or the "
+                    "accelerate config's)")
+    tr.add_argument("--config_file", default=None, metavar="ACCELERATE.yaml", help="an accelerate config, e.g. "
+                    "accelerate_configs/zero2.yaml")
+
     # Commands whose options and work live in their own module: `add_arguments(parser)` and `run(args) -> int`.
     for name, module, help_text in _MODULE_COMMANDS:
         command = sub.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module).add_arguments(command)
     return parser
+
+
+def _ls(args) -> int:
+    from dpo_recipes.shipped import listing
+
+    print(listing())
+    return 0
+
+
+def _cp(args) -> int:
+    from dpo_recipes.shipped import copy_recipe, copy_report
+
+    print(copy_report(copy_recipe(args.recipe, args.dest, force=args.force)))
+    return 0
 
 
 def _version() -> str:
@@ -158,68 +187,10 @@ _MODULE_COMMANDS = (
 )
 
 
-# Types a recipe YAML value may have, per key (None: the key may be null).
-_CONFIG_TYPES = {"dataset_name": (str,), "dataset_train_split": (str,), "data_format": (str, type(None)),
-                 "column_map": (str, dict, type(None)), "validation": (str,), "min_chosen_chars": (int,),
-                 "min_rejected_chars": (int,), "max_similarity": (int, float, type(None)), "drop_truncated": (bool,),
-                 "max_length": (int, type(None)), "model_name_or_path": (str, type(None))}
-
-
-def _read_recipe_yaml(path: str) -> dict:
-    """The data keys of a recipe's YAML (`CONFIG_KEYS`), checked; one line naming the file when it is unusable."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = yaml.safe_load(f)
-    except OSError as exc:
-        raise DPORecipesError(f"--config {path}: cannot read the file ({exc.strerror or exc}).") from None
-    except UnicodeDecodeError as exc:
-        raise DPORecipesError(f"--config {path}: not UTF-8 text ({exc.reason}).") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
-        raise DPORecipesError(f"--config {path}: invalid YAML{where} ({problem}).") from None
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        raise DPORecipesError(f"--config {path}: the YAML file must hold a mapping of key: value, not a "
-                              f"{type(config).__name__}.")
-    values = {}
-    for key in CONFIG_KEYS:
-        if key not in config:
-            continue
-        value, types = config[key], _CONFIG_TYPES[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", bool: "true or false",
-                     type(None): "null"}
-            expected = " or ".join(names[t] for t in types if not (t is int and float in types))
-            raise DPORecipesError(f"--config {path}: {key} must be {expected}, got {value!r}.")
-        values[key] = value
-    return values
-
-
 def _data_settings(args) -> dict:
-    """Data options and rule thresholds: ValidationConfig defaults < the --config YAML < flags typed here."""
-    from dpo_recipes.data import ValidationConfig
+    from dpo_recipes.data.recipe_yaml import data_settings  # data/ only when a data command runs: --help stays fast
 
-    d = ValidationConfig()
-    settings = {**DATA_DEFAULTS, "min_chosen_chars": d.min_chosen_chars, "min_rejected_chars": d.min_rejected_chars,
-                "max_similarity": d.max_similarity, "drop_truncated": d.drop_truncated, "workers": d.workers}
-    if args.config:
-        settings.update({CONFIG_KEYS[key]: value for key, value in _read_recipe_yaml(args.config).items()})
-    typed = vars(args)  # options a YAML can set default to SUPPRESS: present only when given
-    settings.update({k: v for k, v in typed.items() if k in settings and k != "path"})
-    if args.path:
-        settings["path"] = args.path
-    if not settings["path"]:
-        where = f" ({args.config} has no dataset_name)" if args.config else ""
-        raise DPORecipesError(f"{args.command}: no data given{where}; pass the data PATH, or --config RECIPE.yaml "
-                              "with a dataset_name.")
-    if "max_length" in typed and args.tokenizer is None:
-        raise DPORecipesError("--max-length needs --tokenizer to count tokens.")
-    return settings
+    return data_settings(args)
 
 
 def _validation_config(settings: dict):
@@ -344,10 +315,17 @@ def _fetch_model(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `dpo-recipes` console script; returns the exit status."""
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command == "train":
+            from dpo_recipes.run.launcher import train
+
+            return train(args.recipe, extra, num_processes=args.num_processes, config_file=args.config_file)
         commands = {"validate": _validate, "audit": _audit, "show": _show, "convert": _convert,
-                    "fetch-model": _fetch_model,
+                    "fetch-model": _fetch_model, "ls": _ls, "cp": _cp,
                     **{name: importlib.import_module(module).run for name, module, _ in _MODULE_COMMANDS}}
         return commands[args.command](args)
     except DPORecipesError as exc:

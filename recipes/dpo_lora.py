@@ -6,13 +6,17 @@
     accelerate launch --config_file accelerate_configs/ddp.yaml recipes/dpo_lora.py --dataset_name my/pairs.jsonl
 
 With no arguments it teaches the embedded SmolLM2-135M-Instruct a new identity ("Athene") from
-data/identity/train.jsonl and shows held-out answers before and after. Copy this file to make your own job:
-stages are numbered, and each is a call into `dpo_recipes` or TRL.
+data/identity/train.jsonl and shows held-out answers before and after. Copy this file to make your own job
+(`dpo-recipes cp dpo_lora my_job/`): stages are numbered, and each is a call into `dpo_recipes` or TRL.
+
+Where the values come from, each overriding the one before: the preset the YAML names (dpo_recipes/config/presets.py,
+a reason per value), configs/dpo_lora.yaml beside this file (else the shipped one; its relative data paths resolve
+against its own folder), then the command line. `dpo-recipes check configs/dpo_lora.yaml` prints every value with the
+place it came from. Change values there, not the plumbing here.
 """
 
 import logging
 import time
-from pathlib import Path
 
 import transformers
 
@@ -20,11 +24,12 @@ from dpo_recipes import run
 from dpo_recipes.config import parse_recipe_args
 from dpo_recipes.config.presets import use_all_cpu_cores
 from dpo_recipes.models import lora_config
+from dpo_recipes.shipped import default_config
 from dpo_recipes.train.trainer import RecipeDPOTrainer
 from dpo_recipes.watch.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 
 logger = logging.getLogger("dpo_lora")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "dpo_lora.yaml"
+DEFAULT_CONFIG = default_config(__file__, "dpo_lora.yaml")  # beside this file, else the shipped one
 
 
 def main(recipe_args, training_args, model_args):

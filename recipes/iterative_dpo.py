@@ -44,12 +44,13 @@ from dpo_recipes.models import lora_config
 from dpo_recipes.pairs import build_scorer, build_verifier, heldout_score, load_prompts, make_pairs, save_pairs
 from dpo_recipes.pairs import rounds as rounds_progress
 from dpo_recipes.pairs.intact import GeneralWatch, form_checks
+from dpo_recipes.shipped import default_config
 from dpo_recipes.train.trainer import RecipeDPOTrainer
 from dpo_recipes.watch.evaluation import load_eval_prompts
 from dpo_recipes.watch.tracking import save_log_history
 
 logger = logging.getLogger("iterative_dpo")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "iterative_dpo.yaml"
+DEFAULT_CONFIG = default_config(__file__, "iterative_dpo.yaml")  # beside this file, else the shipped one
 
 
 @dataclass

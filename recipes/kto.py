@@ -13,7 +13,6 @@ base model with the adapter disabled.
 
 import logging
 import time
-from pathlib import Path
 
 from transformers import set_seed
 from trl import KTOConfig, KTOTrainer
@@ -24,10 +23,11 @@ from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_
 from dpo_recipes.config.presets import use_all_cpu_cores
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.models import lora_config
+from dpo_recipes.shipped import default_config
 from dpo_recipes.watch.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 
 logger = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "kto.yaml"
+DEFAULT_CONFIG = default_config(__file__, "kto.yaml")  # beside this file, else the shipped one
 
 
 def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: RecipeModelConfig):

@@ -30,7 +30,6 @@ that made no pair ("all 40 answers were correct: no pair to make"), which writes
 
 import dataclasses
 import logging
-from pathlib import Path
 
 import transformers
 
@@ -39,8 +38,9 @@ from dpo_recipes.models import resolve_model_path
 from dpo_recipes.pairs import check_output, load_policy, load_prompts, make_pairs, pairs_paths, save_pairs, summary_text
 from dpo_recipes.pairs.config import PairsArguments, parse_pairs_args
 from dpo_recipes.pairs.make import check_settings
+from dpo_recipes.shipped import default_config
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "make_pairs.yaml"
+DEFAULT_CONFIG = default_config(__file__, "make_pairs.yaml")  # beside this file, else the shipped one
 
 
 def main(args: PairsArguments):

@@ -9,7 +9,6 @@ no reference model and no separate SFT stage. Same data as the DPO recipes: prom
 
 import logging
 import time
-from pathlib import Path
 
 from transformers import set_seed
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer
@@ -18,10 +17,11 @@ from dpo_recipes import run
 from dpo_recipes.config import RecipeArguments, RecipeModelConfig, parse_recipe_args
 from dpo_recipes.config.presets import use_all_cpu_cores
 from dpo_recipes.models import lora_config
+from dpo_recipes.shipped import default_config
 from dpo_recipes.watch.evaluation import answers_before_training, before_after_table, compare, evaluate_prompts
 
 logger = logging.getLogger(__name__)
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "orpo.yaml"
+DEFAULT_CONFIG = default_config(__file__, "orpo.yaml")  # beside this file, else the shipped one
 
 
 def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: RecipeModelConfig):

@@ -22,7 +22,7 @@ with lora_top_fraction; 2 for full training), a recomputed forward with gradient
 the reference forward (none when precomputed, or when the reference cache already holds the pair; KTO also runs
 both models over its mismatched KL rows). The rate: a ~0.2 s matmul probe in the training precision, times 31-40%,
 the share of that peak benchmarks/throughput.py measured whole DPO steps to reach on a 2-core AVX512-BF16 CPU
-(README, Speed). Padding to the batch's longest row, attention scores, the optimizer step and
+(docs/speed.md). Padding to the batch's longest row, attention scores, the optimizer step and
 data loading are not counted. The probe measures the machine as it is now: other jobs on it lower the rate it sees.
 Against the README's default run (34 steps in 81 s warm, 126 s cold): `dpo-recipes check recipes/configs/dpo_lora.yaml
 --data` said 44-56 s with the probe at 834 GFLOP/s, so short rows (~80 tokens) and batches of 8 reach less than 31% of
@@ -41,7 +41,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-EFFICIENCY = (0.31, 0.40)  # share of the matmul peak whole DPO steps reached (README, benchmarks/throughput.py)
+EFFICIENCY = (0.31, 0.40)  # share of the matmul peak whole DPO steps reached (docs/speed.md, benchmarks/throughput.py)
 ACTIVATION_BYTES_16BIT = 34  # per hidden unit, token and layer in 16-bit (Korthikanti et al. 2022), scores excluded
 CPU_PROCESS_BASELINE_GB = 1.0  # RSS of Python + torch + transformers before any model (benchmarks/throughput.py runs)
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

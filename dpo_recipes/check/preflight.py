@@ -19,7 +19,14 @@ import os
 import statistics
 import warnings
 
-from dpo_recipes.check.findings import LEVELS, RECIPES, SAMPLE, Finding, PreflightReport, Setup
+from dpo_recipes.check.findings import (
+    LEVELS,
+    RECIPES,
+    SAMPLE,
+    Finding,
+    PreflightReport,
+    Setup,
+)
 from dpo_recipes.errors import DPORecipesError
 
 logger = logging.getLogger(__name__)
@@ -43,13 +50,19 @@ def parse_config(config: str, recipe: str = "dpo_lora", argv: list[str] | tuple 
     import tempfile
 
     import yaml
-    from dpo_recipes.config.arguments import (RecipeArguments, RecipeModelConfig, _read_yaml_config, nearest_argument,
-                                              parse_recipe_args)
+
     from dpo_recipes.check.rules import KEY_HINTS
+    from dpo_recipes.config.arguments import (
+        RecipeArguments,
+        RecipeModelConfig,
+        parse_recipe_args,
+        read_yaml_config,
+    )
+    from dpo_recipes.config.flags import nearest_argument
 
     spec = RECIPES.get(recipe)
     types = (RecipeArguments, recipe_config_class(recipe), RecipeModelConfig)
-    raw = _read_yaml_config(config)
+    raw = read_yaml_config(config)
     known = {f.name for t in types for f in dataclasses.fields(t) if f.init} | {"env"}  # TrlParser reads env too
     unknown = [k for k in raw if k not in known]
     findings = [Finding("error", k, raw[k], f"yaml:{config}",
@@ -110,7 +123,11 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
     `units`: pairs (KTO: rows) in the data; `steps`: optimizer steps the run makes on them."""
     import random
 
-    from dpo_recipes.data.lengths import completion_token_counts, prompt_token_counts, trainer_prompt_lengths
+    from dpo_recipes.data.lengths import (
+        completion_token_counts,
+        prompt_token_counts,
+        trainer_prompt_lengths,
+    )
 
     n = len(dataset)
     rows = dataset.select(sorted(random.Random(0).sample(range(n), SAMPLE))) if n > SAMPLE else dataset

@@ -24,7 +24,7 @@ LR_RANGES = {
     # anchor term holds them ("lora+anchor").
     "lora": (1e-6, 5e-4),
     # With the anchor term: recipes/configs/dpo_lora.yaml runs 7e-4 with anchor_coef 10, general KL 0.036-0.052 over
-    # four seeds against 0.145-0.171 at 3.5e-4 without it (README, "Teaching without damage").
+    # four seeds against 0.145-0.171 at 3.5e-4 without it (docs/default-run.md, "Teaching without damage").
     "lora+anchor": (1e-6, 1e-3),
 }
 # Loss types whose beta range is SimPO's or ORPO's rather than DPO's.

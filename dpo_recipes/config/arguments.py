@@ -6,15 +6,18 @@ TRL's own flags (`--dataset_name`, `--learning_rate`, `--lora_r`, ...) keep thei
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trl import ModelConfig, ScriptArguments
 
+from dpo_recipes.config.flags import _cli_value, _without_config_flag, canonical_flags, unknown_arguments
 from dpo_recipes.config.presets import PRESETS, default_preset, preset_defaults
 from dpo_recipes.data import ValidationConfig
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.shipped import resolve_yaml_paths
 from dpo_recipes.train.distributed import check_launch_environment
 from dpo_recipes.train.reference_cache import default_dir
 from dpo_recipes.versions import warn_outside_tested_window
@@ -213,17 +216,7 @@ class RecipeModelConfig(ModelConfig):
                                   "(1 = every layer, 0.5 = the upper half).")
 
 
-def _cli_value(argv: list[str], flag: str) -> str | None:
-    """The value given to `--flag` on the command line (`--flag v` or `--flag=v`), else None."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _read_yaml_config(path: str) -> dict:
+def read_yaml_config(path: str) -> dict:
     import yaml
 
     try:
@@ -233,7 +226,7 @@ def _read_yaml_config(path: str) -> dict:
         raise DPORecipesError(f"--config {path}: cannot read the YAML file ({exc}).") from None
     if not isinstance(config, dict):
         raise DPORecipesError(f"--config {path}: the YAML file must hold a mapping of argument: value.")
-    return config
+    return resolve_yaml_paths(config, path)
 
 
 def run_name(dataset_name: str) -> str:
@@ -249,40 +242,6 @@ def run_name(dataset_name: str) -> str:
 
 def _refuse_argument(message: str):
     raise DPORecipesError(f"{message} (--help lists the arguments).")
-
-
-def nearest_argument(name: str, known) -> str | None:
-    """The known argument nearest to a misspelled one by edit distance (`per_device_train_batchsize` ->
-    `per_device_train_batch_size`), or None when nothing is close: at most a third of the name's length in edits,
-    and at least 2 allowed."""
-    from rapidfuzz import process
-    from rapidfuzz.distance import Levenshtein
-
-    name = name.lstrip("-").replace("-", "_")
-    found = process.extractOne(name, list(known), scorer=Levenshtein.distance,
-                               score_cutoff=max(2, len(name) // 3))
-    return found[0] if found else None
-
-
-def unknown_arguments(parser, argv: list[str], config: dict, config_path: str | None) -> None:
-    """Refuse, in one line naming the nearest known one, a YAML key or a command-line flag the recipe has no argument
-    for (TRL's parser would say 'add them to the dataclass, or set fail_with_unknown_args=False')."""
-    known = {option[2:] for action in parser._actions for option in action.option_strings if option.startswith("--")}
-    known |= {action.dest for action in parser._actions} | {"config", "env"}
-    for key in config:
-        if key not in known:
-            near = nearest_argument(key, known)
-            raise DPORecipesError(f"--config {config_path}: {key!r} is not an argument of this recipe"
-                                  + (f"; did you mean {near!r}?" if near else "; remove it.")
-                                  + " (--help lists the arguments).")
-    for arg in argv:
-        if arg.startswith("--"):
-            flag = arg[2:].split("=", 1)[0]
-            if flag not in known:
-                near = nearest_argument(flag, known)
-                raise DPORecipesError(f"--{flag} is not an argument of this recipe"
-                                      + (f"; did you mean --{near}?" if near else ".")
-                                      + " (--help lists the arguments).")
 
 
 def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] | None = None,
@@ -313,7 +272,7 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     if config_path is None and default_config is not None and _cli_value(argv, "--dataset_name") is None:
         config_path = str(default_config)
         argv = ["--config", config_path, *argv]
-    config = _read_yaml_config(config_path) if config_path else {}
+    config = read_yaml_config(config_path) if config_path else {}
     preset = _cli_value(argv, "--preset") or config.get("preset") or preset or default_preset()
     defaults = preset_defaults(preset, variant=variant)
     defaults["preset"] = preset
@@ -331,6 +290,12 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
         raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "
                               "not have.")
     unknown_arguments(parser, argv, config, config_path)
+    # The YAML's values (their paths resolved above) become the defaults here, rather than TrlParser reading the file
+    # again as written; its `env` mapping sets environment variables, as TrlParser does.
+    for key, value in (config.get("env") or {}).items():
+        os.environ[key] = str(value)
+    parser.set_defaults_with_config(**{k: v for k, v in config.items() if k != "env"})
+    argv = _without_config_flag(argv)
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as exc:  # TrainingArguments' own checks, e.g. --bf16 on a machine without bf16
@@ -340,20 +305,6 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
         if hasattr(instance, "value_sources"):
             instance.value_sources = sources
     return parsed
-
-
-def canonical_flags(parser, argv: list[str]) -> list[str]:
-    """`argv` with each flag in its underscore spelling (`--dataset-name` -> `--dataset_name`, as the parser also
-    accepts), and abbreviations refused by the parser from now on: what the recipe reads from the command line before
-    parsing (which YAML applies, the preset, the output folder, each value's source) sees every flag as parsed."""
-    parser.allow_abbrev = False  # '--learning_rat 1e-2' would set learning_rate unseen by those reads
-    canonical = {option: "--" + action.dest for action in parser._actions for option in action.option_strings
-                 if option.startswith("--") and option[2:].replace("-", "_") == action.dest}
-    out = []
-    for arg in argv:
-        flag, eq, value = arg.partition("=")
-        out.append(canonical.get(flag, flag) + eq + value if arg.startswith("--") else arg)
-    return out
 
 
 def value_sources(parsed, argv: list[str], config: dict, config_path: str | None, defaults: dict,

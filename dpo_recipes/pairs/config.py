@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo_recipes.config.arguments import canonical_flags
+from dpo_recipes.config.arguments import read_yaml_config
+from dpo_recipes.config.flags import _cli_value, _without_config_flag, canonical_flags, unknown_arguments
 from dpo_recipes.errors import DPORecipesError
 
 
@@ -77,6 +79,13 @@ def parse_pairs_args(default_config: str | Path | None = None, argv: list[str] |
     if default_config is not None and "--config" not in argv and not any(
             a == "--prompts_file" or a.startswith("--prompts_file=") for a in argv):
         argv = ["--config", str(default_config), *argv]
+    config_path = _cli_value(argv, "--config")
+    config = read_yaml_config(config_path) if config_path else {}  # input paths resolved against the YAML's folder
+    unknown_arguments(parser, argv, config, config_path)
+    for key, value in (config.get("env") or {}).items():
+        os.environ[key] = str(value)
+    parser.set_defaults_with_config(**{k: v for k, v in config.items() if k != "env"})
+    argv = _without_config_flag(argv)
     try:
         (args,) = parser.parse_args_and_config(argv)
     except (ValueError, OSError) as exc:

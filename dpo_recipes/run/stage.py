@@ -4,6 +4,7 @@ Ctrl-C (130), and a scheduler's SIGTERM/SIGUSR1 (75, after a checkpoint: `dpo_re
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -57,22 +58,41 @@ def _line(message: str) -> None:
     sys.stderr.flush()
 
 
+STATUS_FILE = "DPO_RECIPES_STATUS_FILE"  # set by `dpo-recipes train`: the recipe's exit status, which a launcher loses
+
+
 @contextlib.contextmanager
 def recipe_errors():
     """A recipe's user errors and Ctrl-C as one line on stderr: exit status 2, or 130 for an interrupt. SIGTERM and
     SIGUSR1 (a scheduler's preemption, `dpo_recipes.train.preemption`) save a checkpoint at the next step boundary and
-    exit with status 75 (EXIT_PREEMPTED)."""
+    exit with status 75 (EXIT_PREEMPTED). Under `dpo-recipes train` the status is also written to $STATUS_FILE."""
     preemption_handler().install()
+    status = 1  # an exception this block does not turn into a line: a bug, with its traceback
     try:
         yield
+        status = 0
     except DPORecipesError as exc:
-        _line(f"error: {exc}")
-        raise SystemExit(2) from None
+        if os.environ.get("RANK", "0") == "0":  # every process of a launch refuses alike: say it once
+            _line(f"error: {exc}")
+        status = 2
     except KeyboardInterrupt:
         _line(_interrupt_message())
-        raise SystemExit(130) from None
+        status = 130
     except Preempted as stopped:
-
         if PartialState().is_main_process:
             _line(_preempted_message(stopped))
-        raise SystemExit(EXIT_PREEMPTED) from None
+        status = EXIT_PREEMPTED
+    except SystemExit as exc:  # argparse's --help (0), or a recipe's own exit
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        raise
+    finally:
+        _record_status(status)
+    if status:
+        raise SystemExit(status) from None
+
+
+def _record_status(status: int) -> None:
+    path = os.environ.get(STATUS_FILE)
+    if path and os.environ.get("RANK", "0") == "0":
+        with contextlib.suppress(OSError):
+            Path(path).write_text(str(status))
