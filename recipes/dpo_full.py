@@ -9,6 +9,10 @@ every weight trains, and the reference is a second copy of the model that TRL lo
 frozen (under ZeRO-3 both are sharded across the processes). The model is saved whole: ZeRO-3's shards are
 gathered into one safetensors model (16-bit with zero3_save_16bit_model, as in accelerate_configs/zero3.yaml; fp32
 when the launch runs fp32). `--dataset_name` is required: the identity run is a LoRA job.
+
+Where the values come from, each overriding the one before: the preset (dpo_recipes/config/presets.py),
+configs/dpo_lora.yaml beside this file (else the shipped one), then the command line; `dpo-recipes check` shows each
+value's source.
 """
 
 import sys

@@ -23,6 +23,10 @@ The LoRA reference (`--reference`):
 - previous: after each round the adapter is merged into the weights and the next round trains a new adapter on top,
   with the merged model (the previous policy) as the reference: each round may move further from the base. round_k/
   holds that round's adapter, which applies on top of the rounds before it, merged in order.
+
+Where the values come from, each overriding the one before: the preset (dpo_recipes/config/presets.py),
+configs/iterative_dpo.yaml beside this file (else the shipped one), then the command line; `dpo-recipes check` shows
+each value's source.
 """
 
 import dataclasses

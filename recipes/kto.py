@@ -9,6 +9,10 @@ base model with the adapter disabled.
 
     python recipes/kto.py                                       # embedded SmolLM2 + the identity pairs, LoRA
     python recipes/kto.py --config recipes/configs/kto.yaml --dataset_name my_pairs.jsonl --max_steps 200
+
+Where the values come from, each overriding the one before: the preset (dpo_recipes/config/presets.py),
+configs/kto.yaml beside this file (else the shipped one), then the command line; `dpo-recipes check` shows each
+value's source.
 """
 
 import logging

@@ -26,6 +26,8 @@ beside it NAME.work.jsonl (answers, appended per batch: a killed run, rerun with
 NAME.report.json (the validation report of the pairs as training reads them) and NAME.summary.json (settings, every
 skip reason counted, speed). Exit status: 0 with pairs; 2 with one line on stderr for any refusal, including a run
 that made no pair ("all 40 answers were correct: no pair to make"), which writes no OUT.
+
+Where the values come from: configs/make_pairs.yaml beside this file (else the shipped one), then the command line.
 """
 
 import dataclasses

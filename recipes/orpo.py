@@ -5,6 +5,10 @@ no reference model and no separate SFT stage. Same data as the DPO recipes: prom
 
     python recipes/orpo.py                                      # embedded SmolLM2 + the identity pairs, LoRA
     python recipes/orpo.py --config recipes/configs/orpo.yaml --dataset_name my_pairs.jsonl --max_steps 200
+
+Where the values come from, each overriding the one before: the preset (dpo_recipes/config/presets.py),
+configs/orpo.yaml beside this file (else the shipped one), then the command line; `dpo-recipes check` shows each
+value's source.
 """
 
 import logging

@@ -7,6 +7,10 @@ SimPO). TRL's `simpo_gamma` is gamma itself, not the paper's gamma/beta ratio.
 
     python recipes/simpo.py                                     # embedded SmolLM2 + the identity pairs, LoRA
     python recipes/simpo.py --config recipes/configs/simpo.yaml --dataset_name my_pairs.jsonl --max_steps 200
+
+Where the values come from, each overriding the one before: the preset (dpo_recipes/config/presets.py),
+configs/simpo.yaml beside this file (else the shipped one), then the command line; `dpo-recipes check` shows each
+value's source.
 """
 
 import logging

@@ -88,3 +88,9 @@ def test_the_interrupt_line_stands_on_its_own_line_after_a_progress_bar():
     lines = done.stderr.replace("\r", "\n").splitlines()
     assert "interrupted while training." in [line.strip() for line in lines]
     assert not any("it/s]" in line and "interrupted" in line for line in done.stderr.splitlines())
+
+
+def test_check_blames_the_lora_setting_peft_refuses(capsys):
+    assert main(["check", str(DPO_LORA), "--", "--lora_r", "0"]) == 2
+    out = capsys.readouterr()
+    assert "error   lora_r = 0 (cli): PEFT cannot build the adapter" in out.out and "(lora_r)" in out.err

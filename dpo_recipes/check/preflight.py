@@ -177,7 +177,7 @@ def preflight(recipe_args, training_args, model_args, recipe: str = "dpo_lora", 
         s.data = data_layout(dataset, tokenizer, s)
     findings = sorted(preflight_rules.check(s), key=lambda f: LEVELS.index(f.level))
     if facts is not None and facts.get("lora_problem"):
-        findings.insert(0, s.find("error", "lora_target_modules", f"PEFT cannot build the adapter: "
+        findings.insert(0, s.find("error", lora_setting(facts["lora_problem"]), f"PEFT cannot build the adapter: "
                                   f"{facts['lora_problem']}"))
     estimate = preflight_estimate.estimate(s, facts, problem, probe=probe)
     findings += preflight_estimate.memory_findings(estimate, s)
@@ -188,6 +188,17 @@ def preflight(recipe_args, training_args, model_args, recipe: str = "dpo_lora", 
     report = PreflightReport(recipe, findings, estimate)
     report._table = preflight_estimate.table(estimate, s)
     return report
+
+
+# What PEFT's LoraConfig error names -> the recipe setting to blame (peft 0.21 LoraConfig.__post_init__ messages).
+LORA_SETTINGS = (("`r`", "lora_r"), ("lora_alpha", "lora_alpha"), ("dropout", "lora_dropout"),
+                 ("layers_to_transform", "lora_top_fraction"), ("target_parameters", "lora_target_parameters"),
+                 ("modules_to_save", "lora_modules_to_save"), ("rslora", "use_rslora"), ("dora", "use_dora"))
+
+
+def lora_setting(problem: str) -> str:
+    """The setting a PEFT LoraConfig error is about; lora_target_modules when it names none of the others."""
+    return next((setting for needle, setting in LORA_SETTINGS if needle in problem), "lora_target_modules")
 
 
 def check_config(config: str, recipe: str = "dpo_lora", argv: list[str] | tuple = (), data: bool = False,

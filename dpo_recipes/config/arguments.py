@@ -216,6 +216,17 @@ class RecipeModelConfig(ModelConfig):
                                   "(1 = every layer, 0.5 = the upper half).")
 
 
+def apply_yaml(parser, argv: list[str], config: dict, config_path: str | None) -> list[str]:
+    """Give `parser` the YAML's values as defaults, and return `argv` without its --config: TrlParser would read the
+    file again as written, where `config`'s input paths are resolved against the YAML's folder. Its `env` mapping
+    sets environment variables, as TrlParser does. A key or flag the parser lacks is refused first, in one line."""
+    unknown_arguments(parser, argv, config, config_path)
+    for key, value in (config.get("env") or {}).items():
+        os.environ[key] = str(value)
+    parser.set_defaults_with_config(**{k: v for k, v in config.items() if k != "env"})
+    return _without_config_flag(argv)
+
+
 def read_yaml_config(path: str) -> dict:
     import yaml
 
@@ -289,13 +300,7 @@ def parse_recipe_args(default_config: str | Path | None = None, argv: list[str] 
     if unknown:  # a preset key no dataclass has would be dropped without a word (e.g. transformers 5's warmup_ratio)
         raise DPORecipesError(f"Preset {preset!r} sets {unknown[0].lstrip('-')!r}, which this recipe's configs do "
                               "not have.")
-    unknown_arguments(parser, argv, config, config_path)
-    # The YAML's values (their paths resolved above) become the defaults here, rather than TrlParser reading the file
-    # again as written; its `env` mapping sets environment variables, as TrlParser does.
-    for key, value in (config.get("env") or {}).items():
-        os.environ[key] = str(value)
-    parser.set_defaults_with_config(**{k: v for k, v in config.items() if k != "env"})
-    argv = _without_config_flag(argv)
+    argv = apply_yaml(parser, argv, config, config_path)
     try:
         parsed = parser.parse_args_and_config(argv)
     except ValueError as exc:  # TrainingArguments' own checks, e.g. --bf16 on a machine without bf16

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpo_recipes.config.arguments import read_yaml_config
-from dpo_recipes.config.flags import _cli_value, _without_config_flag, canonical_flags, unknown_arguments
+from dpo_recipes.config.arguments import apply_yaml, read_yaml_config
+from dpo_recipes.config.flags import _cli_value, canonical_flags
 from dpo_recipes.errors import DPORecipesError
 
 
@@ -81,11 +80,7 @@ def parse_pairs_args(default_config: str | Path | None = None, argv: list[str] |
         argv = ["--config", str(default_config), *argv]
     config_path = _cli_value(argv, "--config")
     config = read_yaml_config(config_path) if config_path else {}  # input paths resolved against the YAML's folder
-    unknown_arguments(parser, argv, config, config_path)
-    for key, value in (config.get("env") or {}).items():
-        os.environ[key] = str(value)
-    parser.set_defaults_with_config(**{k: v for k, v in config.items() if k != "env"})
-    argv = _without_config_flag(argv)
+    argv = apply_yaml(parser, argv, config, config_path)
     try:
         (args,) = parser.parse_args_and_config(argv)
     except (ValueError, OSError) as exc:
