@@ -203,3 +203,13 @@ def test_parameter_names_fold_their_layer_numbers():
     assert group_names(names) == ["model.layers.*.self_attn.q_proj.lora_A.default.weight",
                                   "model.layers.*.self_attn.v_proj.lora_A.default.weight", "lm_head.weight", "..."]
     assert re.fullmatch(r"\S+", group_names(["a.0.b"])[0])
+
+
+def test_the_total_norm_is_the_same_without_torch_s_fused_one(monkeypatch):
+    from dpo_recipes.train import nonfinite
+
+    grads = [torch.randn(3, 4), torch.randn(5)]
+    fused = nonfinite._total_norm(grads)
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm")
+    torch.testing.assert_close(nonfinite._total_norm(grads), fused)
+    assert not torch.isfinite(nonfinite._total_norm([torch.tensor([float("nan")]), torch.ones(2)]))

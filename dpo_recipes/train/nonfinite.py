@@ -123,7 +123,7 @@ class NonFiniteGuard(TrainerCallback):
         if accelerator.distributed_type.value == "DEEPSPEED":
             return self._check_deepspeed(parameters, clip)
         grads = [p.grad for p in parameters if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False) if grads else torch.zeros(())
+        norm = _total_norm(grads) if grads else torch.zeros(())
         norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 DTensor
         bad_grad, bad_loss = self._flags(norm)
         if bad_grad and accelerator.scaler is not None and not bad_loss:
@@ -228,6 +228,13 @@ class NonFiniteGuard(TrainerCallback):
         return (f"{'Step %d: ' % t['step'] if step else ''}{found}. {outcome} Usually fp16 overflow, a learning rate "
                 f"too high or a broken batch. Try: bf16 or fp32 instead of fp16, a lower learning_rate{lr},{clip} and "
                 "`dpo-recipes validate` on the data.")
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients together (torch >= 2.6 has it fused; before, one norm per tensor)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
 def group_names(names: list[str], most: int = 3) -> list[str]:
