@@ -87,3 +87,26 @@ def test_a_missing_metric_store_costs_the_hooks_metrics_not_the_run(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         trainer._log_hook_metric("train", "rdpo/loss", torch.tensor([1.0]))
     assert "metrics" in caplog.text and "not logged" in caplog.text
+
+
+def anchored(tmp_path, **kwargs):
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    data = pairs(8, scores=False).add_column("anchor", [i % 2 == 0 for i in range(8)])
+    args = config(tmp_path, max_steps=2, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 2.0])
+    return RecipeDPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=data,
+                            processing_class=tokenizer, anchor_coef=1.0, **kwargs)
+
+
+def test_the_default_run_s_swap_is_checked_without_a_warning(tmp_path, caplog, one_torch_thread):
+    # Anchors take `sft` out of TRL's sum and keep `sigmoid`: the kept term is computed here and compared.
+    trainer = anchored(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    assert trainer._swap_verified and "cannot be checked" not in caplog.text
+
+
+def test_a_trl_that_ignores_the_swap_is_refused_with_anchors_too(tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.setattr(RecipeDPOTrainer, "_without_terms", lambda self, names: contextlib.nullcontext())
+    with pytest.raises(DPORecipesError, match=r"no longer sums the terms listed there"):
+        anchored(tmp_path).train()

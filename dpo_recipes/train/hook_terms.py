@@ -29,27 +29,45 @@ class HookTerms:
 
     def _verify_term_swap(self, loss, replaced: list[str], records, inputs: dict[str, Any]) -> None:
         """Once per run: TRL's loss with `replaced` taken out of `loss_types` (`_without_terms`) must hold none of them.
-        TRL 1.16 sums the terms in `self.loss_types` (`internals`); if a TRL read them from elsewhere, sigmoid would
-        count twice, silently. Checked exactly where the kept terms are known: none kept (the loss is 0), or `sft`
-        alone (minus the mean chosen-token log-prob, from the recorded forward)."""
+        TRL 1.16 sums the terms in `self.loss_types` (`internals`); if a TRL read them from elsewhere, the hook's term
+        would count twice, silently. Checked exactly where the kept terms can be computed here from the recorded
+        forward: none kept (the loss is 0), `sft` alone (minus the mean chosen-token log-prob), or plain `sigmoid`
+        alone (DPO's -log sigmoid(beta h), the default run's case: anchors replace `sft`)."""
         self._swap_verified = True
         kept = [t for t in self.loss_types if t not in replaced]
-        if self.aux_loss_enabled or kept not in ([], ["sft"]):
+        plain_sigmoid = (getattr(self, "f_divergence_type", "reverse_kl") == "reverse_kl" and self.ld_alpha is None
+                         and not self.use_weighting)
+        if self.aux_loss_enabled or kept not in ([], ["sft"], ["sigmoid"]) or (kept == ["sigmoid"]
+                                                                                 and not plain_sigmoid):
             warn_once("term swap", f"loss_type {self.loss_types}: with {kept} next to the hook's terms the loss TRL "
-                      "computed cannot be checked for the terms the hook replaces (checked for [sigmoid] and "
-                      "[sigmoid, sft]); relying on TRL 1.16 summing DPOTrainer.loss_types.")
+                      "computed cannot be checked for the terms the hook replaces; relying on TRL 1.16 summing "
+                      "DPOTrainer.loss_types.")
             return
         expected = torch.zeros(())
         if kept == ["sft"]:
             policy, _ = self._token_log_probs(records, inputs)
             mask = inputs["completion_mask"][..., 1:].chunk(2, dim=0)[0].bool()
             expected = -policy.chunk(2, dim=0)[0][mask].mean() * self.loss_weights[self.loss_types.index("sft")]
+        elif kept == ["sigmoid"]:
+            h = dpo_logratio(*self._summed_log_probs(records, inputs))
+            expected = -torch.nn.functional.logsigmoid(self.beta * h).mean() * self.loss_weights[
+                self.loss_types.index("sigmoid")]
         actual = torch.as_tensor(loss).detach().float().cpu()
         if not torch.allclose(actual, expected.detach().float().cpu(), rtol=1e-3, atol=1e-4):
             raise DPORecipesError(
                 f"This TRL ({_trl_version()}) computed a DPO loss of {float(actual):.6g} with {replaced} taken out of "
                 f"DPOTrainer.loss_types, where {float(expected):.6g} was expected: it no longer sums the terms listed "
                 "there, so the hook's term would be counted twice. Use TRL 1.16, or unset loss_hook and anchor_coef.")
+
+    def _summed_log_probs(self, records, inputs: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """(policy chosen, policy rejected, reference chosen, reference rejected) summed log-probs, as TRL sums them."""
+        policy, reference = self._token_log_probs(records, inputs)
+        chosen_logps, rejected_logps = policy.sum(dim=1).chunk(2, dim=0)
+        if reference is None:  # precomputed or cached: TRL's batch holds the totals
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            ref_chosen_logps, ref_rejected_logps = reference.sum(dim=1).chunk(2, dim=0)
+        return chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps
 
     def _compute_loss_with_hook(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         scores = {k: inputs[k] for k in SCORE_COLUMNS if k in inputs}
@@ -129,13 +147,7 @@ class HookTerms:
         """The hook's per-pair loss from the recorded per-token log-probs, summed as TRL sums them."""
         mode = "train" if self.model.training else "eval"
         completion_mask = inputs["completion_mask"]
-        policy, reference = self._token_log_probs(records, inputs)
-        chosen_logps, rejected_logps = policy.sum(dim=1).chunk(2, dim=0)
-        if reference is None:  # precomputed: TRL's batch holds the totals
-            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            ref_chosen_logps, ref_rejected_logps = reference.sum(dim=1).chunk(2, dim=0)
-        logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        logps = self._summed_log_probs(records, inputs)
 
         if self.loss_hook == "odpo":
             missing = [c for c in SCORE_COLUMNS if c not in scores]
