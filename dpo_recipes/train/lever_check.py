@@ -12,7 +12,6 @@ The check costs two forwards without gradients, once per run.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -66,8 +65,3 @@ def levers_agree(trainer, model, inputs: dict, levers_on, levers_off) -> tuple[b
 def _low_precision(model) -> bool:
     parameter = next(model.parameters(), None)
     return parameter is not None and parameter.dtype in (torch.bfloat16, torch.float16)
-
-
-@contextlib.contextmanager
-def nothing():
-    yield

@@ -39,14 +39,13 @@ class NonFiniteGuard(TrainerCallback):
     """Skip and stop at the first optimizer step whose loss or gradients are not finite (see the module docstring).
 
     Attributes: `tripped` (None, or a dict: step, loss, grad_norm, parameters, update: 'skipped' or 'applied'),
-    `scaler_skips` (steps a loss scaler skipped on its own), `steps_checked`.
+    `scaler_skips` (steps a loss scaler skipped on its own).
     """
 
     def __init__(self):
         self.trainer = None
         self.tripped: dict | None = None
         self.scaler_skips = 0
-        self.steps_checked = 0
         self._bad_loss: torch.Tensor | None = None  # a non-finite micro-batch loss since the last optimizer step
         self._checked_this_step = False
         self._warned_unchecked = False
@@ -118,7 +117,6 @@ class NonFiniteGuard(TrainerCallback):
     def _check(self, parameters: list[torch.nn.Parameter], clip):
         """Check the step before Trainer clips; returns the gradient norm Trainer logs."""
         self._checked_this_step = True
-        self.steps_checked += 1
         accelerator = self.trainer.accelerator
         if accelerator.distributed_type.value == "DEEPSPEED":
             return self._check_deepspeed(parameters, clip)
