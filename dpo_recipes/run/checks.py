@@ -24,7 +24,6 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
 
     First the pre-flight check (`dpo_recipes.check.preflight`: settings TRL or PEFT ignore, risky combinations, a memory
     and time estimate; `--preflight strict` stops on any of them)."""
-
     set_stage("checking the settings")
     check_before_run(recipe_args, training_args, model_args, recipe, dataset=dataset, tokenizer=tokenizer)
     _check_push_to_hub(training_args)
@@ -45,12 +44,10 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
                               f"with {type(training_args).__name__.removesuffix('Config')}'s own loss. Drop "
                               "--loss_hook, or run recipes/dpo_lora.py.")
     if loss_hook is not None:
-
         check_hook_config(loss_hook, training_args)
         if loss_hook == "odpo":
             check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
     if getattr(recipe_args, "anchor_coef", 0) and _is_dpo(training_args):
-
         check_anchor_config(recipe_args.anchor_coef, dataset, training_args.precompute_ref_log_probs)
     return prompts
 
@@ -71,5 +68,4 @@ def _check_push_to_hub(training_args) -> None:
 
 
 def _is_dpo(training_args) -> bool:
-
     return isinstance(training_args, DPOConfig)

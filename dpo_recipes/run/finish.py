@@ -31,7 +31,6 @@ def save_outputs(trainer, tokenizer, recipe_args, training_args, metrics: dict) 
     A `merged/` folder from an earlier adapter is removed when this run does not rebuild it: it would no longer
     match the adapter next to it.
     """
-
     set_stage("saving")
     out = Path(training_args.output_dir)
     trainer.save_model(str(out))  # the weights and the tokenizer, from the right process(es)
@@ -59,7 +58,6 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
     """The summary.json figures every recipe reports: what trained, on what, how fast.
 
     `rows_per_pair`: training rows made from one pair (KTO unpairs each pair into 2 rows)."""
-
     args = trainer.args
     steps_run = 0 if plan.checkpoint_complete else trainer.state.global_step - checkpoint_step(plan.checkpoint)
     pairs_trained = steps_run * args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps \
@@ -114,10 +112,8 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch
     """Write summary.json (with the drift on general prompts, `evaluation.general_kl`, and the health monitor's
     alarms, the answers' checks included) and the before/after answers, draw the plots, close the W&B run, then mark
     the run finished: a rerun of the same command then trains nothing. Only the main process writes."""
-
     set_stage("finished")
     if before is not None and before.prompts:  # every process: a ZeRO-3 forward needs all of them
-
         set_stage("measuring the drift on general prompts")
         summary["general_kl_per_token"] = general_kl(trainer.model, trainer.processing_class, before)
     monitor = watch.monitor if watch is not None else None
@@ -140,7 +136,6 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch
 def draw_plots(output_dir: Path) -> list[Path]:
     """The run's PNGs in OUTPUT_DIR/plots (`dpo_recipes.watch.plots`). A plot that fails to draw costs a warning, never
     the finished run."""
-
     try:
         return plot_run(output_dir)
     except Exception as exc:  # noqa: BLE001 - plots are a view of results already saved
@@ -161,8 +156,6 @@ def report_finished(plan: RunPlan, recipe_args=None, training_args=None, model_a
         print(f"{merged}: already merged from this adapter.")
         return
     if training_args.process_index == 0:
-
-
         base = load_model_for(model_args, training_args, model_path)
         set_stage("merging the adapter")
         merge_adapter(PeftModel.from_pretrained(base, str(plan.output_dir)), tokenizer, merged, copy=False)

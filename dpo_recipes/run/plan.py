@@ -73,7 +73,6 @@ def data_fingerprint(dataset) -> str:
 
 def model_identity(model_args, model_path: str) -> dict:
     """Which model a run trains: the name given (or the embedded default), and its config when it is local."""
-
     name = "embedded:" + Path(model_path).name if is_embedded(model_args.model_name_or_path) else \
         (str(Path(model_path).resolve()) if Path(model_path).exists() else model_path)
     identity = {"model": name, "revision": model_args.model_revision}
@@ -157,7 +156,6 @@ def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_p
     (KTO: 2), to tell how many steps an epoch-based length means. With several processes each decides from the same
     folder; then only the main one clears or writes.
     """
-
     set_stage("checking the output folder", output_dir=training_args.output_dir)
     out = Path(training_args.output_dir)
     if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
@@ -206,7 +204,6 @@ def _check_writable(out: Path) -> None:
 
 
 def wait_for_everyone() -> None:
-
     PartialState().wait_for_everyone()
 
 
@@ -226,7 +223,6 @@ def _read_record(path: Path, out: Path) -> dict:
 
 def _requested_checkpoint(requested: str, out: Path, record: dict) -> str:
     """The checkpoint --resume_from_checkpoint names, checked to be a checkpoint of this very run."""
-
     if str(requested).lower() == "true":
         found = last_checkpoint(out) if out.is_dir() else None
         if found is None:

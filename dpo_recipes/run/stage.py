@@ -33,7 +33,6 @@ def _interrupt_message() -> str:
         where += f", at step {trainer.state.global_step} of {trainer.state.max_steps}"
     resume = ""
     if out:
-
         checkpoint = last_checkpoint(out)
         resume = (f"; rerun the same command to resume from {checkpoint}" if checkpoint else
                   "; no checkpoint was saved yet, so a rerun starts from the beginning")

@@ -31,7 +31,6 @@ def train(trainer, plan: RunPlan) -> dict:
     A checkpoint that already reached the last step (the run stopped after training, before its outputs) is loaded
     instead of trained on: Trainer would otherwise run one step past max_steps.
     """
-
     set_stage("training", trainer=trainer)
     check_in_effect(trainer)
     trainer.add_callback(CheckpointModes())
@@ -43,7 +42,6 @@ def train(trainer, plan: RunPlan) -> dict:
     preemption.may_save = lambda: guard.tripped is None and (monitor is None or monitor.nonfinite_step is None)
     _redact_wandb_config(trainer)
     if plan.checkpoint_complete:
-
         trainer._load_from_checkpoint(plan.checkpoint)
         trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / "trainer_state.json"))
         logger.info("Training had finished in %s: its outputs are written from it", plan.checkpoint)
@@ -52,7 +50,6 @@ def train(trainer, plan: RunPlan) -> dict:
     if guard.tripped is not None:
         raise DPORecipesError(guard.report())
     if monitor is not None and monitor.nonfinite_step is not None:  # the weights may hold that step's update
-
         clean = last_checkpoint(plan.output_dir)
         raise DPORecipesError(f"Stopped at step {monitor.nonfinite_step}: a logged value was not a number (see the "
                               "warning above); the model is not saved. "
@@ -70,7 +67,6 @@ def train(trainer, plan: RunPlan) -> dict:
 def _redact_wandb_config(trainer) -> None:
     """Swap transformers' WandbCallback for one that logs the arguments without secrets (tracking.redact)."""
 
-
     if any(type(c) is WandbCallback for c in trainer.callback_handler.callbacks):
         trainer.remove_callback(WandbCallback)
         trainer.add_callback(redacting_wandb_callback())
@@ -78,7 +74,6 @@ def _redact_wandb_config(trainer) -> None:
 
 def health_monitor(trainer):
     """The trainer's HealthMonitor callback, or None (--health_monitor off)."""
-
     return next((c for c in trainer.callback_handler.callbacks if isinstance(c, HealthMonitor)), None)
 
 
@@ -107,7 +102,6 @@ class Watch:
 def start_watching(recipe: str, recipe_args, training_args, model_args, plan: RunPlan, data) -> Watch:
     """Start the run's W&B run (offline without a key or network; see `tracking.start_wandb_run`) and its health
     monitor (`dpo_recipes.watch.monitor`), whose alarms also go to W&B as alerts."""
-
     set_stage("starting the run's tracking")
     thresholds = parse_thresholds(recipe_args.health_thresholds)
     mode = prepare_wandb(training_args.report_to, training_args.output_dir)
