@@ -4,6 +4,8 @@ presets cause."""
 
 from __future__ import annotations
 
+import logging
+import signal
 import subprocess
 import sys
 import warnings
@@ -88,9 +90,38 @@ def test_the_interrupt_line_stands_on_its_own_line_after_a_progress_bar():
     lines = done.stderr.replace("\r", "\n").splitlines()
     assert "interrupted while training." in [line.strip() for line in lines]
     assert not any("it/s]" in line and "interrupted" in line for line in done.stderr.splitlines())
+    assert lines[-1].strip() == "interrupted while training."  # last: no bar redrawn below it
 
 
 def test_check_blames_the_lora_setting_peft_refuses(capsys):
     assert main(["check", str(DPO_LORA), "--", "--lora_r", "0"]) == 2
     out = capsys.readouterr()
     assert "error   lora_r = 0 (cli): PEFT cannot build the adapter" in out.out and "(lora_r)" in out.err
+
+
+def test_a_resumed_run_does_not_repeat_accelerates_no_length_notice(tiny_model_dir, tmp_path, caplog):
+    from test_own_run import FIXTURE, dpo, quick
+
+    base = quick(tiny_model_dir, tmp_path / "run", "--dataset_name", str(FIXTURE), "--save_steps", "2")
+    dpo(*base, "--max_steps", "2")
+    caplog.set_level(logging.INFO)
+    dpo(*base, "--max_steps", "4", "--resume_from_checkpoint", str(tmp_path / "run" / "checkpoint-2"))  # epoch end
+    assert caplog.records  # INFO records reach the handler
+    assert not [r for r in caplog.records if "no length" in r.getMessage()]
+
+
+def test_a_second_interrupt_during_shutdown_ends_the_run_without_tracebacks():
+    script = ("import atexit, sys, time\nfrom dpo_recipes.run import recipe_errors, set_stage\n"
+              "def closing():\n    print('closing', file=sys.stderr, flush=True)\n    time.sleep(30)\n"
+              "atexit.register(closing)\nset_stage('training')\nwith recipe_errors():\n    raise KeyboardInterrupt\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:  # the first interrupt's line, then shutdown starts
+        lines.append(line)
+        if line.strip() == "closing":
+            break
+    proc.send_signal(signal.SIGINT)  # the user presses Ctrl-C again while shutdown code runs
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == -signal.SIGINT  # ended by the signal: 130 in a shell
+    assert "interrupted while training." in "".join(lines)
+    assert "Exception ignored" not in rest and "Traceback" not in rest

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -50,9 +51,13 @@ def _preempted_message(stopped: Preempted) -> str:
 
 
 def _line(message: str) -> None:
-    """One line on stderr, on a line of its own even when a progress bar was drawing (Ctrl-C lands mid-bar)."""
+    """One line on stderr, on a line of its own and last even when a progress bar was drawing (Ctrl-C lands mid-bar):
+    open bars are closed first, where they stand, so none is redrawn below the line at exit."""
     from tqdm import tqdm
 
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.close()
     tqdm.write(message, file=sys.stderr)
     sys.stderr.flush()
 
@@ -75,6 +80,7 @@ def recipe_errors():
             _line(f"error: {exc}")
         status = 2
     except KeyboardInterrupt:
+        _second_interrupt_ends_at_once()
         _line(_interrupt_message())
         status = 130
     except Preempted as stopped:
@@ -88,6 +94,14 @@ def recipe_errors():
         _record_status(status)
     if status:
         raise SystemExit(status) from None
+
+
+def _second_interrupt_ends_at_once() -> None:
+    """After the first Ctrl-C, a second one ends the process by the signal itself (status 130 in a shell) instead of
+    raising KeyboardInterrupt again inside whatever shutdown code runs then (objects' __del__, atexit handlers), which
+    Python can only print as "Exception ignored in ..." tracebacks."""
+    with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _record_status(status: int) -> None:

@@ -41,6 +41,8 @@ def train(trainer, plan: RunPlan) -> dict:
     preemption = preemption_handler().attach(trainer)
     preemption.may_save = lambda: guard.tripped is None and (monitor is None or monitor.nonfinite_step is None)
     _redact_wandb_config(trainer)
+    if plan.checkpoint is not None:
+        _quiet_resume_notice()
     if plan.checkpoint_complete:
         trainer._load_from_checkpoint(plan.checkpoint)
         trainer.state = TrainerState.load_from_json(str(Path(plan.checkpoint) / "trainer_state.json"))
@@ -62,6 +64,25 @@ def train(trainer, plan: RunPlan) -> dict:
     if stopped is not None:
         raise stopped
     return result.metrics
+
+
+_RESUME_NOTICE = "The used dataset had no length"
+
+
+class _DropResumeNotice(logging.Filter):
+    """accelerate's gather_for_metrics logs "The used dataset had no length, ... drop the remainder yourself" once per
+    call on an epoch's last batch when the loader has no length, which is the case after a resume (the loader that
+    skips the batches already trained on). TRL gathers per-process sums and counts there, never per-pair rows, so
+    there is no remainder to drop: the line (about nine of them per epoch) says nothing about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _RESUME_NOTICE not in record.getMessage()
+
+
+def _quiet_resume_notice() -> None:
+    target = logging.getLogger("accelerate.accelerator")
+    if not any(isinstance(f, _DropResumeNotice) for f in target.filters):
+        target.addFilter(_DropResumeNotice())
 
 
 def _redact_wandb_config(trainer) -> None:
