@@ -13,7 +13,8 @@ PACKAGE = ROOT / "dpo_recipes"
 # Rooms from the bottom up; a module may import its own room and any room on a lower floor, nothing else.
 FLOORS = (
     ("errors",),  # the one exception type every module may raise
-    ("jsonio", "versions", "shipped", "_moved"),  # atomic writes, the version window, the shipped recipes/configs/data
+    ("jsonio", "versions", "shipped", "_moved", "progress"),  # atomic writes, the version window, the shipped
+    # recipes/configs/data, progress bars
     ("models", "data"),  # the policy and tokenizer; preference data
     ("train",),  # TRL's DPOTrainer with the hooks, levers and guards
     ("config",),  # a recipe's settings and presets (reads the hardware and the reference cache's folder)

@@ -213,12 +213,13 @@ def test_truncation_renders_conversational_prompts_with_the_chat_template(tmp_pa
     row = {"prompt": [{"role": "user", "content": P}], "chosen": [{"role": "assistant", "content": C}],
            "rejected": [{"role": "assistant", "content": R}]}
     try:
-        # 6 prompt words + <user> + <assistant> = 8; chosen 15 words + EOS = 16; 24 > 23 (22 without the template).
-        r = _load(tmp_path, [row], tokenizer=word_tokenizer, max_length=23)
+        # 6 prompt words + <user> + <assistant> = 8; chosen 15 words (this template adds no EOS, and TRL adds none to
+        # conversations): 23 > 22 (21 without the template).
+        r = _load(tmp_path, [row], tokenizer=word_tokenizer, max_length=22)
     finally:
         word_tokenizer.chat_template = None
     assert r.report.warnings["truncated"] == 1
-    assert r.report.examples["truncated"][0]["detail"] == "prompt 8 + completion 16 = 24 tokens > 23"
+    assert r.report.examples["truncated"][0]["detail"] == "prompt 8 + completion 15 = 23 tokens > 22"
 
 
 def test_prompt_answer_token_boundary_merges_are_counted_not_dropped(tmp_path):

@@ -120,19 +120,33 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
 
     `pair_tokens`: prompt + longer answer per pair (what max_length must hold); `positions` / `completions`: mean token
     positions the model runs / the LM head scores per pair (KTO: per row), capped at max_length, padding not counted;
-    `units`: pairs (KTO: rows) in the data; `steps`: optimizer steps the run makes on them."""
+    `positions_max`: the most a pair runs (a batch pads to its longest pair: the memory peak); `units`: pairs (KTO:
+    rows) in the data; `steps`: optimizer steps the run makes on them. Pairs the data layer tokenized (their
+    `prompt_ids` / `chosen_ids` / `rejected_ids`) are all measured from those ids, with no tokenizing."""
     import random
 
     from dpo_recipes.data.lengths import (
+        TOKEN_COLUMNS,
         completion_token_counts,
         prompt_token_counts,
         trainer_prompt_lengths,
     )
 
     n = len(dataset)
-    rows = dataset.select(sorted(random.Random(0).sample(range(n), SAMPLE))) if n > SAMPLE else dataset
     cap = s.args.max_length or math.inf
-    if "completion" in rows.column_names:  # KTO's unpaired rows: one answer a row
+    tokenized = all(name in dataset.column_names for name in TOKEN_COLUMNS) and s.trainer == "dpo"
+    rows = dataset if tokenized or n <= SAMPLE else dataset.select(sorted(random.Random(0).sample(range(n), SAMPLE)))
+    if tokenized:
+        import pyarrow.compute as pc
+
+        table = dataset.with_format("arrow")
+        prompts, chosen, rejected = (pc.list_value_length(table[name]).to_pylist() for name in TOKEN_COLUMNS)
+        pair_tokens = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
+        two = [min(p + c, cap) + min(p + r, cap) for p, c, r in zip(prompts, chosen, rejected)]
+        completions = [t - 2 * min(p, cap) for t, p in zip(two, prompts)]
+        positions = [t - min(p, cap) for t, p in zip(two, prompts)] if _sharing(s) else two
+        units = n
+    elif "completion" in rows.column_names:  # KTO's unpaired rows: one answer a row
         prompts = prompt_token_counts(rows["prompt"], tokenizer)
         answers = completion_token_counts([_text(c) for c in rows["completion"]], tokenizer)
         pair_tokens = [p + c for p, c in zip(prompts, answers)]
@@ -147,17 +161,22 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
         pair_tokens = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
         two = [min(p + c, cap) + min(p + r, cap) for p, c, r in zip(prompts, chosen, rejected)]
         completions = [t - 2 * min(p, cap) for t, p in zip(two, prompts)]
-        sharing = (s.trainer == "dpo" and s.recipe_args.share_prompts and not s.args.use_liger_kernel
-                   and s.model is not None and not s.model.get("shared_prompt_off"))
-        positions = [t - min(p, cap) for t, p in zip(two, prompts)] if sharing else two
+        positions = [t - min(p, cap) for t, p in zip(two, prompts)] if _sharing(s) else two
         units = n
         if s.trainer == "kto":  # each pair becomes a desirable and an undesirable row (recipes/kto.py)
             positions, completions, units = [x / 2 for x in two], [x / 2 for x in completions], 2 * n
     from dpo_recipes.train.steps import planned_steps
 
     return {"pair_tokens": pair_tokens, "positions": statistics.fmean(positions) if positions else 0,
+            "positions_max": max(positions, default=0),
             "completions": statistics.fmean(completions) if completions else 0, "units": units,
             "sampled": len(rows), "steps": planned_steps(s.args, units) if units else 0}
+
+
+def _sharing(s: Setup) -> bool:
+    """Whether the trainer runs each pair's prompt once (shared-prompt packing: dpo_recipes.train.shared_prompt)."""
+    return (s.trainer == "dpo" and s.recipe_args.share_prompts and not s.args.use_liger_kernel and s.model is not None
+            and not s.model.get("shared_prompt_off"))
 
 
 def preflight(recipe_args, training_args, model_args, recipe: str = "dpo_lora", dataset=None, tokenizer=None, *,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dpo_recipes.data.formats import FORMATS, apply_column_map, detect_format, normalize, parse_column_map
+from dpo_recipes.data.lengths import TOKEN_COLUMNS
 from dpo_recipes.data.readers import read_rows
 from dpo_recipes.data.validate import MODES, RULES, ValidationConfig, ValidationReport, run_rules
 
@@ -44,7 +45,8 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
                          column_map: str | dict | None = None, validation: str = "strict",
                          config: ValidationConfig | None = None, tokenizer=None,
                          max_length: int | None = None, min_rows: int = 1,
-                         drop_prompt_too_long: bool = False, allow_unpaired: bool = False) -> PreferenceData:
+                         drop_prompt_too_long: bool = False, allow_unpaired: bool = False,
+                         keep_token_ids: bool = False) -> PreferenceData:
     """Read `source`, normalize it to prompt/chosen/rejected (+ scores), and apply the row rules.
 
     `source`: a .jsonl/.json/.csv/.parquet file (optionally .gz), a `save_to_disk` folder, or a hub id.
@@ -54,7 +56,9 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
     lengths and the count of pairs that will be truncated. `drop_prompt_too_long`: also drop (and count) the pairs
     the trainer would drop because their prompt fills `max_length` (recipes set it). `allow_unpaired` (KTO): read
     unpaired data (one answer and a desirable/undesirable label a row) as prompt / completion / label instead of
-    refusing it.
+    refusing it. `keep_token_ids` (with `tokenizer`): keep the ids validation measured, TRL's tokenization of every
+    kept pair, as the columns `prompt_ids` / `chosen_ids` / `rejected_ids`, which RecipeDPOTrainer then uses instead
+    of tokenizing again.
 
     Raises `DPORecipesError` for structural problems (unreadable file, bad syntax, wrong types, missing
     columns, no rows), and when fewer than `min_rows` rows are kept (0 disables; the CLI's `validate` uses 0).
@@ -81,8 +85,9 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
                 "label": [rows.label[i] for i in keep]}), report=report)
     match = detect_format(raw, columns, data_format)
     norm = normalize(raw, columns, match)
+    tokens: dict = {}
     keep, report = run_rules(norm, raw, validation=validation, config=config, tokenizer=tokenizer,
-                             max_length=max_length, drop_prompt_too_long=drop_prompt_too_long)
+                             max_length=max_length, drop_prompt_too_long=drop_prompt_too_long, tokens_out=tokens)
     if len(keep) < min_rows:
         raise DPORecipesError(_too_few_rows(source, len(keep), min_rows, report))
     data = {"prompt": [norm.prompt[i] for i in keep], "chosen": [norm.chosen[i] for i in keep],
@@ -94,7 +99,21 @@ def load_preference_data(source: str, *, split: str = "train", data_format: str 
         data["tools"] = [norm.tools[i] for i in keep]
     if norm.anchor is not None:  # which pairs hold a general answer the anchor term keeps (trainer.anchor_coef)
         data["anchor"] = [norm.anchor[i] for i in keep]
-    return PreferenceData(dataset=datasets.Dataset.from_dict(data), report=report)
+    dataset = datasets.Dataset.from_dict(data)
+    if keep_token_ids and tokens:
+        dataset = _with_token_ids(dataset, keep, tokens)
+    return PreferenceData(dataset=dataset, report=report)
+
+
+def _with_token_ids(dataset, keep: list[int], tokens: dict):
+    """`dataset` with the measured ids of its rows beside it, when every kept row was measured (else as it is)."""
+    import datasets
+
+    position = {row: k for k, row in enumerate(tokens["rows"])}
+    if any(i not in position for i in keep):
+        return dataset
+    ids = tokens["table"].select(list(TOKEN_COLUMNS)).take([position[i] for i in keep])
+    return datasets.concatenate_datasets([dataset, datasets.Dataset(ids)], axis=1)
 
 
 def _too_few_rows(source: str, kept: int, min_rows: int, report: ValidationReport) -> str:

@@ -63,36 +63,85 @@ def trainer_prompt_spans(prompts: list, chosen: list, rejected: list, tokenizer,
 
     The two differ when the prompt's tokens alone are not a prefix of prompt + answer tokens: the answer's first
     token merges with the prompt's end ("Answer: " + "42"), or the template renders the prompt differently alone.
+    See `trl_token_ids`, which this reads."""
+    table = trl_token_ids(prompts, chosen, rejected, tokenizer, tools, desc=None)
+    return list(zip((len(ids) for ids in table.column("prompt_ids").to_pylist()),
+                    table.column("prompt_alone").to_pylist()))
 
-    DPOTrainer (`_prepare_dataset`) appends EOS to plain completions, tokenizes prompt, prompt + chosen and prompt +
-    rejected (plain text with the tokenizer's special tokens, conversations with the chat template), and takes the
-    prompt to end where those token lists first diverge. It then drops every pair whose prompt is >= max_length
-    tokens. TRL's own tokenizing functions are used here, so the count is the one TRL will apply.
+
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")  # TRL 1.16 DPOTrainer's tokenized columns
+
+
+def trl_token_ids(prompts: list, chosen: list, rejected: list, tokenizer, tools: list | None = None,
+                  desc: str | None = "Tokenizing the pairs as TRL will"):
+    """Per pair, the token ids TRL 1.16's DPOTrainer (`_prepare_dataset`) makes, as a pyarrow Table: `prompt_ids`,
+    `chosen_ids`, `rejected_ids` (list<int32>), and `prompt_alone` (tokens of the prompt tokenized alone).
+
+    What TRL does, row by row: append EOS to plain completions, tokenize prompt, prompt + chosen and prompt +
+    rejected (plain text with the tokenizer's special tokens, conversations through the chat template with the
+    row's tools, the prompt with the generation prompt), take the prompt to end where those token lists first
+    diverge, and the completions to be the rest. Done here with TRL's own calls in batches (`apply_chat_template`
+    takes a batch of conversations and tokenizes them in one fast-tokenizer call), which gives the same ids several
+    times faster; the trainer checks its first row against TRL's own function before using them
+    (`dpo_recipes.train.pretokenized`). `desc`: the progress bar's label (None: no bar).
     """
-    from trl.data_utils import _tokenize, common_prefix_length
+    import pyarrow as pa
+
+    from dpo_recipes.progress import bar
 
     if any(isinstance(p, list) for p in prompts):
         require_chat_template(tokenizer)
     eos = tokenizer.eos_token or ""
-    plain = [i for i, p in enumerate(prompts) if not isinstance(p, list)]
-    out = [(0, 0)] * len(prompts)
-    for start in range(0, len(plain), _BATCH):
-        idx = plain[start:start + _BATCH]
-        ps = [prompts[i] or "" for i in idx]
-        cs = [ps[k] + _with_eos(chosen[i] or "", eos) for k, i in enumerate(idx)]
-        rs = [ps[k] + _with_eos(rejected[i] or "", eos) for k, i in enumerate(idx)]
-        p_ids, c_ids, r_ids = (tokenizer(texts)["input_ids"] for texts in (ps, cs, rs))
-        for k, i in enumerate(idx):
-            out[i] = (min(common_prefix_length(p_ids[k], c_ids[k]), common_prefix_length(p_ids[k], r_ids[k])),
-                      len(p_ids[k]))
-    for i, p in enumerate(prompts):
-        if isinstance(p, list):
-            kwargs = template_kwargs(tools[i] if tools else None)
-            p_ids = _tokenize(tokenizer, p, add_generation_prompt=True, **kwargs)["input_ids"]
-            c_ids = _tokenize(tokenizer, p + (chosen[i] or []), **kwargs)["input_ids"]
-            r_ids = _tokenize(tokenizer, p + (rejected[i] or []), **kwargs)["input_ids"]
-            out[i] = (min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids)), len(p_ids))
-    return out
+    columns: dict[str, list] = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "prompt_alone": []}
+    ids_type = pa.list_(pa.int32())
+    progress = bar(len(prompts), desc) if desc and prompts else None
+    for start in range(0, len(prompts), _BATCH):
+        rows = range(start, min(len(prompts), start + _BATCH))
+        p_ids, c_ids, r_ids = {}, {}, {}
+        plain = [i for i in rows if not isinstance(prompts[i], list)]
+        if plain:
+            ps = [prompts[i] or "" for i in plain]
+            for out, texts in ((p_ids, ps), (c_ids, [p + _with_eos(chosen[i] or "", eos) for p, i in zip(ps, plain)]),
+                               (r_ids, [p + _with_eos(rejected[i] or "", eos) for p, i in zip(ps, plain)])):
+                out.update(zip(plain, tokenizer(texts)["input_ids"]))
+        groups: dict[str, list[int]] = {}  # conversations by their tools: one template call per group
+        for i in rows:
+            if isinstance(prompts[i], list):
+                groups.setdefault(json.dumps(tools[i] if tools else None, sort_keys=True), []).append(i)
+        for members in groups.values():
+            kwargs = template_kwargs(tools[members[0]] if tools else None)
+            for out, convs, generation in ((p_ids, [prompts[i] for i in members], True),
+                                           (c_ids, [prompts[i] + (chosen[i] or []) for i in members], False),
+                                           (r_ids, [prompts[i] + (rejected[i] or []) for i in members], False)):
+                ids = tokenizer.apply_chat_template(convs, tokenize=True, return_dict=True,
+                                                    add_generation_prompt=generation, **kwargs)["input_ids"]
+                out.update(zip(members, ids))
+        batch: dict[str, list] = {name: [] for name in TOKEN_COLUMNS}
+        for i in rows:
+            p, c, r = p_ids[i], c_ids[i], r_ids[i]
+            cut = min(_prefix(p, c), _prefix(p, r))
+            batch["prompt_ids"].append(p[:cut])
+            batch["chosen_ids"].append(c[cut:])
+            batch["rejected_ids"].append(r[cut:])
+            columns["prompt_alone"].append(len(p))
+        for name in TOKEN_COLUMNS:  # arrow int32 lists: ~4 bytes a token instead of a Python int's ~36
+            columns[name].append(pa.array(batch[name], ids_type))
+        if progress is not None:
+            progress.update(len(rows))
+    if progress is not None:
+        progress.close()
+    table = {name: pa.concat_arrays(columns[name]) if columns[name] else pa.array([], ids_type)
+             for name in TOKEN_COLUMNS}
+    return pa.table({**table, "prompt_alone": pa.array(columns["prompt_alone"], pa.int32())})
+
+
+def _prefix(ids: list[int], other: list[int]) -> int:
+    """TRL's common_prefix_length, with the usual case (`ids` is a prefix of `other`) compared in one C call."""
+    if other[:len(ids)] == ids:
+        return len(ids)
+    from trl.data_utils import common_prefix_length
+
+    return common_prefix_length(ids, other)
 
 
 def template_kwargs(tools) -> dict:

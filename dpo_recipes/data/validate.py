@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dpo_recipes.data.formats import Normalized
 from dpo_recipes.jsonio import write_json_atomic
-from dpo_recipes.data.lengths import char_length, completion_token_counts, count_tokens, prompt_token_counts
+from dpo_recipes.data.lengths import char_length, count_tokens
 from dpo_recipes.data.readers import RawRows
 from dpo_recipes.errors import DPORecipesError
 
@@ -203,13 +203,17 @@ def _example(i: int, detail: dict, raw: RawRows, chosen_text: list, rejected_tex
 
 
 def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", config: ValidationConfig | None = None,
-              tokenizer=None, max_length: int | None = None,
-              drop_prompt_too_long: bool = False) -> tuple[list[int], ValidationReport]:
+              tokenizer=None, max_length: int | None = None, drop_prompt_too_long: bool = False,
+              tokens_out: dict | None = None) -> tuple[list[int], ValidationReport]:
     """Apply the rules; return (indices of rows to keep, report).
 
     `drop_prompt_too_long` (with `tokenizer` and `max_length`): drop, in every mode, the pairs whose prompt alone
     fills `max_length` as TRL's trainer counts it, since the trainer would drop them itself without a word; the
     report then counts exactly the pairs that train.
+
+    With a tokenizer the pairs are tokenized once, as TRL's DPOTrainer will (`lengths.trl_token_ids`): truncation,
+    the prompt boundary and prompt_too_long are all measured on those ids. `tokens_out` (a dict): receives them,
+    `rows` (row indices) and `table` (the ids, one table row per index), for the trainer to reuse.
     """
     if validation not in MODES:
         raise DPORecipesError(f"--validation {validation!r}: choose one of {', '.join(MODES)}.")
@@ -292,43 +296,45 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
                         reason[i] = "duplicate"
                         detail[i] = f"same pair as {raw.where(first)}"
 
-        if max_length is not None:
-            if tokenizer is None:
-                notes.append(f"truncation at max_length={max_length} not counted: no tokenizer given")
-            else:
-                todo = [i for i in range(n) if reason[i] is None]
-                lp = prompt_token_counts([norm.prompt[i] for i in todo], tokenizer)
-                lc = completion_token_counts([ct[i] for i in todo], tokenizer)
-                lr = completion_token_counts([rt[i] for i in todo], tokenizer)
-                count = 0
-                for i, a, b, c in zip(todo, lp, lc, lr):
-                    if a + max(b, c) > max_length:
-                        count += 1
-                        detail[i] = f"prompt {a} + completion {max(b, c)} = {a + max(b, c)} tokens > {max_length}"
-                        if cfg.drop_truncated:
-                            reason[i] = "truncated"
-                        else:
-                            reason[i] = "_truncated_kept"
-                warnings["truncated"] = 0 if cfg.drop_truncated else count
+        if max_length is not None and tokenizer is None:
+            notes.append(f"truncation at max_length={max_length} not counted: no tokenizer given")
 
-    boundary: list[int] = []
+    measured, table = [], None
     if tokenizer is not None and (validation != "off" or (drop_prompt_too_long and max_length is not None)):
-        from dpo_recipes.data.lengths import trainer_prompt_spans
+        from dpo_recipes.data.lengths import trl_token_ids
 
         # strict keeps only rows that passed every rule; warn and off keep every row, so every row is measured
-        kept_now = [i for i in range(n) if reason[i] != "no_winner" and (
-            validation != "strict" or reason[i] in (None, "_truncated_kept"))]
-        todo = [i for i in kept_now if norm.prompt[i] and norm.chosen[i] is not None and norm.rejected[i] is not None]
-        spans = trainer_prompt_spans([norm.prompt[i] for i in todo], [norm.chosen[i] for i in todo],
-                                     [norm.rejected[i] for i in todo], tokenizer,
-                                     [norm.tools[i] for i in todo] if norm.tools is not None else None)
-        boundary = [i for i, (trained, alone) in zip(todo, spans) if trained < alone]
-        for i, (length, _) in zip(todo, spans):
-            if drop_prompt_too_long and max_length is not None and length >= max_length:
+        kept_now = [i for i in range(n) if reason[i] != "no_winner" and (validation != "strict" or reason[i] is None)]
+        measured = [i for i in kept_now
+                    if norm.prompt[i] and norm.chosen[i] is not None and norm.rejected[i] is not None]
+        table = trl_token_ids([norm.prompt[i] for i in measured], [norm.chosen[i] for i in measured],
+                              [norm.rejected[i] for i in measured], tokenizer,
+                              [norm.tools[i] for i in measured] if norm.tools is not None else None)
+    lengths = _token_lengths(table)
+
+    if validation != "off" and max_length is not None and tokenizer is not None:
+        count = 0
+        for k, i in enumerate(measured):
+            if reason[i] is not None:
+                continue
+            prompt, completion = lengths["prompt"][k], max(lengths["chosen"][k], lengths["rejected"][k])
+            if prompt + completion > max_length:
+                count += 1
+                detail[i] = f"prompt {prompt} + completion {completion} = {prompt + completion} tokens > {max_length}"
+                reason[i] = "truncated" if cfg.drop_truncated else "_truncated_kept"
+        warnings["truncated"] = 0 if cfg.drop_truncated else count
+
+    def still_kept(i: int) -> bool:  # strict: passed every rule so far; warn and off keep every measured row
+        return validation != "strict" or reason[i] in (None, "_truncated_kept")
+
+    if drop_prompt_too_long and max_length is not None:
+        for k, i in enumerate(measured):
+            if lengths["prompt"][k] >= max_length and still_kept(i):
                 if reason[i] == "_truncated_kept":
                     warnings["truncated"] -= 1
                 reason[i] = "prompt_too_long"
-                detail[i] = f"prompt {length} tokens >= max_length {max_length}"
+                detail[i] = f"prompt {lengths['prompt'][k]} tokens >= max_length {max_length}"
+    boundary = [i for k, i in enumerate(measured) if lengths["prompt"][k] < lengths["alone"][k] and still_kept(i)]
 
     flagged, examples = tally(reason, detail, raw, norm.chosen_text, norm.rejected_text, cfg.examples_per_rule)
     boundary = [i for i in boundary if reason[i] != "prompt_too_long"]  # measured on kept rows; this one is not
@@ -350,4 +356,18 @@ def run_rules(norm: Normalized, raw: RawRows, *, validation: str = "strict", con
         warnings=warnings, examples=examples, ignored_columns=norm.ignored_columns, max_length=max_length,
         notes=[*norm.notes, *notes], detected=norm.detected, config=asdict(cfg))
     assert report.kept + sum(report.dropped.values()) == report.total_rows
+    if tokens_out is not None and table is not None:
+        tokens_out.update(rows=measured, table=table)
     return keep, report
+
+
+def _token_lengths(table) -> dict[str, list[int]]:
+    """Token counts per measured row: prompt / chosen / rejected as TRL trains them, and the prompt tokenized alone."""
+    if table is None:
+        return {"prompt": [], "chosen": [], "rejected": [], "alone": []}
+    import pyarrow.compute as pc
+
+    return {"prompt": pc.list_value_length(table.column("prompt_ids")).to_pylist(),
+            "chosen": pc.list_value_length(table.column("chosen_ids")).to_pylist(),
+            "rejected": pc.list_value_length(table.column("rejected_ids")).to_pylist(),
+            "alone": table.column("prompt_alone").to_pylist()}

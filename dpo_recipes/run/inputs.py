@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+from dpo_recipes import progress
 from dpo_recipes.data import load_preference_data
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.models import load_model, load_tokenizer, missing_in_folder, resolve_model_path
@@ -16,6 +17,7 @@ from dpo_recipes.run.stage import set_stage
 def load_tokenizer_for(model_args, training_args):
     """Resolve `--model_name_or_path` (fetching the embedded default if needed) and load only its tokenizer."""
     set_stage("loading the tokenizer")
+    progress.set_enabled(not training_args.disable_tqdm)  # the data layer's bars and datasets' obey --disable_tqdm
     path = resolve_model_path(model_args.model_name_or_path)
     if Path(path).is_dir():  # absolute: adapter_config.json and the model card then name it from any folder
         path = str(Path(path).resolve())
@@ -49,7 +51,7 @@ def load_train_data(recipe_args, training_args, tokenizer, allow_unpaired: bool 
         recipe_args.dataset_name, split=recipe_args.dataset_train_split, data_format=recipe_args.data_format,
         column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),
         tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True,
-        allow_unpaired=allow_unpaired)
+        allow_unpaired=allow_unpaired, keep_token_ids=True)
     data.eval_dataset = load_eval_data(recipe_args, training_args, tokenizer, data, allow_unpaired)
     if recipe_args.max_train_samples and recipe_args.max_train_samples < len(data.dataset):
         data.report.notes.append(f"max_train_samples: training on the first {recipe_args.max_train_samples} of "
@@ -88,7 +90,7 @@ def load_eval_data(recipe_args, training_args, tokenizer, data, allow_unpaired: 
         source, split=recipe_args.dataset_test_split, data_format=recipe_args.data_format,
         column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),
         tokenizer=tokenizer, max_length=training_args.max_length, drop_prompt_too_long=True,
-        allow_unpaired=allow_unpaired)
+        allow_unpaired=allow_unpaired, keep_token_ids=True)
     data.report.notes.append(f"eval pairs: {len(evaluation.dataset)} of {evaluation.report.total_rows} rows of "
                              f"{source} (split {recipe_args.dataset_test_split}) kept by validation")
     data.eval_report = evaluation.report

@@ -63,9 +63,14 @@ class RunPlan:
 
 
 def data_fingerprint(dataset) -> str:
-    """sha256 of the training pairs in order: the same data gives the same fingerprint across runs."""
+    """sha256 of the training pairs in order: the same data gives the same fingerprint across runs. The token ids the
+    data layer keeps beside the pairs are left out: they follow from the pairs and the tokenizer (the model's
+    identity is recorded apart)."""
+    from dpo_recipes.data.lengths import TOKEN_COLUMNS
+
+    ids = [name for name in TOKEN_COLUMNS if name in dataset.column_names]
     digest = hashlib.sha256()
-    for row in dataset:
+    for row in dataset.remove_columns(ids) if ids else dataset:
         digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())
         digest.update(b"\n")
     return digest.hexdigest()

@@ -44,8 +44,10 @@ INTERNALS = (
              "(trainer.score_completion_tokens_only)", "the lever stays off, with one warning: speed only"),
     Internal("trl.data_utils", "_tokenize", "token counts for validation (data.lengths) and `dpo-recipes show` "
              "(data.export), tokenized exactly as TRL does", "an ImportError naming the function"),
-    Internal("trl:DPOTrainer", "_prepare_dataset", "`dpo-recipes show` renders pairs as TRL tokenizes them",
-             "`show` fails with an AttributeError naming it"),
+    Internal("trl:DPOTrainer", "_prepare_dataset", "`dpo-recipes show` renders pairs as TRL tokenizes them; the "
+             "trainer skips it for pairs validation already tokenized (train.pretokenized, checked on the first row "
+             "against it)", "`show` fails with an AttributeError naming it; the trainer's override is never called, "
+             "so TRL tokenizes again (slower)"),
     Internal("trl:DPOTrainer", "loss_types", "the loss hooks and the anchor term take `sigmoid`/`sft` out of TRL's "
              "sum for one call", "RecipeDPOTrainer refuses a hook in one line; the swap is also verified against the "
              "loss TRL computed on the first batch", instance=True),

@@ -40,6 +40,7 @@ from dpo_recipes.train.lever_check import levers_agree
 from dpo_recipes.train.lm_head import drop_compact_lm_head, full_lm_head, score_completion_tokens_only
 from dpo_recipes.train.nonfinite import NonFiniteGuard
 from dpo_recipes.train.reference_cache import ReferenceCache, pair_keys, reference_key, trained_adapter
+from dpo_recipes.train import pretokenized
 from dpo_recipes.train.shared_prompt import install as install_shared_prompt
 from dpo_recipes.train.shared_prompt import shared_prompts
 
@@ -139,6 +140,10 @@ class RecipeDPOTrainer(HookTerms, DPOTrainer):
             self.data_collator = ScoreCollator(self.data_collator)
         self.reference_cache = self._open_reference_cache(reference_cache) if reference_cache else None
         self.nonfinite_guard = NonFiniteGuard.attach(self)  # a NaN/inf loss or gradient never reaches the weights
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        """TRL's tokenization, skipped for pairs validation already tokenized as TRL does (checked on the first row)."""
+        return pretokenized.prepare(super()._prepare_dataset, dataset, processing_class, args, dataset_name)
 
     def _check_internals(self, reference_cache: str | None) -> str | None:
         """TRL's private attributes this trainer reads (`internals`): refuse, or turn the lever off with a warning.
