@@ -127,6 +127,9 @@ def run_recipe(config: Path, extra: list[str]) -> tuple[list[tuple[float, str]],
         buffer += chunk
         parts = re.split(rb"[\r\n]", buffer)
         buffer = parts.pop()
+        if buffer.rstrip().endswith((b"]", b"it/s]", b"s/it]")):  # a progress bar's redraw: complete without newline
+            parts.append(buffer)
+            buffer = b""
         pieces.extend((now, p.decode(errors="replace")) for p in parts if p.strip())
     if buffer.strip():
         pieces.append((time.perf_counter() - start, buffer.decode(errors="replace")))
@@ -180,6 +183,15 @@ def main() -> int:
     return print_report(args, pieces, summary, report, planted, peak_gb)
 
 
+def memory_estimate_gb(pieces: list[tuple[float, str]]) -> float | None:
+    """The pre-flight's memory line, process baseline included: "memory ~1.7 GB per process (+~1 GB ...)" -> 2.7."""
+    for _, text in pieces:
+        found = re.search(r"memory\s+~([\d.]+) GB per process(?: \(\+~([\d.]+) GB)?", text)
+        if found:
+            return round(float(found.group(1)) + float(found.group(2) or 0), 2)
+    return None
+
+
 def timeline(pieces: list[tuple[float, str]]) -> list[str]:
     """The run's output as '  12.3 s  line', a progress bar's updates folded to their first and last."""
     def kind(text: str) -> str:
@@ -206,7 +218,7 @@ def print_report(args, pieces, summary: dict, report: dict, planted: dict, peak_
     print(f"first optimizer step: started at {first_bar if first_bar is not None else '?'} s, "
           f"done at {first_done if first_done is not None else '?'} s after the command")
     print(f"longest silence: {longest:.1f} s, after: {after[:100]!r}")
-    estimate = summary.get("memory_estimate_gb")
+    estimate = memory_estimate_gb(pieces)
     ratio = f" ({peak_gb / estimate:.2f}x the estimate)" if estimate else ""
     print(f"peak RSS: {peak_gb:.2f} GB; pre-flight estimate {estimate} GB{ratio}")
     print(f"pairs/s over the run's steps: {summary.get('train_pairs_per_second')}; pairs trained "

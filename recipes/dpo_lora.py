@@ -76,7 +76,7 @@ def main(recipe_args, training_args, model_args):
     run.finish(plan, trainer, summary, before, after, watch, plots=recipe_args.plots)
     if prompts:
         print(before_after_table(before, after))
-    print(f"\nAdapter, metrics, summary.json and plots/ are in {training_args.output_dir}")
+    print(run.outputs_line(training_args.output_dir))
     trainer.accelerator.end_training()
 
 

@@ -67,7 +67,7 @@ def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: Re
     run.finish(plan, trainer, summary, before, after, watch, plots=recipe_args.plots)
     if prompts:
         print(before_after_table(before, after))
-    logger.info("Saved to %s", training_args.output_dir)
+    print(run.outputs_line(training_args.output_dir))
 
 
 def parse(argv: list[str] | None = None):

@@ -18,6 +18,7 @@ import os
 import statistics
 from typing import TYPE_CHECKING
 
+from dpo_recipes.check.budget import learning_budget
 from dpo_recipes.check.ranges import BETA_FAMILY, BETA_RANGES, LR_RANGES
 
 if TYPE_CHECKING:
@@ -369,7 +370,7 @@ def data_lengths(s: Setup):
 
 
 RULES = (recipe_refusals, dpo_trainer, reference_settings, model_loading, peft_settings, training_arguments,
-         speed_levers, precision_and_memory, seed_ranges, data_lengths)
+         speed_levers, precision_and_memory, seed_ranges, data_lengths, learning_budget)
 
 
 def check(setup: Setup) -> list:

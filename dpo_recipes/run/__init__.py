@@ -22,8 +22,8 @@ Modules: `stage` (where the run is; errors, Ctrl-C and preemption as one line), 
 """
 
 from dpo_recipes.run.checks import check_before_model
-from dpo_recipes.run.finish import (draw_plots, final_eval_metrics, finish, report_finished, save_outputs,
-                                    speed_levers, summarize)
+from dpo_recipes.run.finish import (draw_plots, final_eval_metrics, finish, outputs_line, report_finished,
+                                    save_outputs, speed_levers, summarize)
 from dpo_recipes.run.inputs import load_eval_data, load_model_for, load_tokenizer_for, load_train_data, pairs_only
 from dpo_recipes.run.plan import (RUN_OUTPUTS, RUN_RECORD, RunPlan, clear_run_outputs, data_fingerprint,
                                   model_identity, plan_output_dir, run_record)
@@ -33,5 +33,5 @@ from dpo_recipes.run.training import CheckpointModes, Watch, evaluate, health_mo
 __all__ = ["RUN_OUTPUTS", "RUN_RECORD", "CheckpointModes", "RunPlan", "Watch", "check_before_model",
            "clear_run_outputs", "data_fingerprint", "draw_plots", "evaluate", "final_eval_metrics", "finish",
            "health_monitor", "load_eval_data", "load_model_for", "load_tokenizer_for", "load_train_data",
-           "model_identity", "pairs_only", "plan_output_dir", "recipe_errors", "report_finished", "run_record",
+           "model_identity", "outputs_line", "pairs_only", "plan_output_dir", "recipe_errors", "report_finished", "run_record",
            "save_outputs", "set_stage", "speed_levers", "start_watching", "summarize", "train"]

@@ -4,6 +4,7 @@ the W&B run closed, and the run marked finished so a rerun of the same command t
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -60,8 +61,15 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
     `rows_per_pair`: training rows made from one pair (KTO unpairs each pair into 2 rows)."""
     args = trainer.args
     steps_run = 0 if plan.checkpoint_complete else trainer.state.global_step - checkpoint_step(plan.checkpoint)
-    pairs_trained = steps_run * args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps \
-        / rows_per_pair
+    consumed = getattr(trainer, "consumed_rows", None)
+    if consumed is not None and consumed.total is not None and consumed.counted:
+        rows = consumed.total  # counted as the trainer collated them (dpo_recipes.train.consumed)
+    else:  # no count (dataloader workers): steps x batch, at most the rows of the epochs the steps reach
+        rows = steps_run * args.world_size * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        per_epoch = len(trainer.train_dataset) if trainer.train_dataset is not None else rows
+        epochs = math.ceil(rows / per_epoch) if per_epoch else 1
+        rows = min(rows, epochs * per_epoch)
+    pairs_trained = rows / rows_per_pair
     return {
         "model": model_path if model_args.model_name_or_path else f"embedded:{model_path}",
         "preset": recipe_args.preset, "dataset": recipe_args.dataset_name, "data_read_as": data.report.detected,
@@ -121,8 +129,16 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch
         monitor.check_answers(before, after, trainer.state.global_step)
     if monitor is not None:
         summary["health"] = monitor.summary()
+    still = rewards_never_moved(trainer.state.log_history)
+    if still is not None:
+        summary["rewards_moved"] = not still
     if not trainer.is_world_process_zero():
         return
+    if still:
+        logger.warning("The model did not move: every logged %s stayed at 0 over %d step(s). The run trained too "
+                       "little (steps x learning rate: see the pre-flight's learning_rate finding); give it more "
+                       "steps or a larger learning_rate.", "/".join(_reward_keys(trainer.state.log_history)),
+                       trainer.state.global_step)
     write_summary(plan.output_dir, summary, before, after)
     write_model_card(plan.output_dir, summary, plan.record.get("recipe", "dpo_lora"))
     drawn = draw_plots(plan.output_dir) if plots else []
@@ -131,6 +147,40 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch
     if trainer.args.push_to_hub:  # the summary, answers and plots too (save_model pushed the weights)
         trainer.push_to_hub(commit_message="dpo-recipes: summary, held-out answers, plots")
     write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": trainer.state.global_step})
+
+
+def _reward_keys(logs: list[dict]) -> list[str]:
+    return sorted({k for log in logs for k in log if k.startswith("rewards/") and "eval" not in k})
+
+
+REWARD_FLOOR = 1e-3  # |beta x log-ratio| under this at every logged step: the policy is still the reference
+
+
+def rewards_never_moved(logs: list[dict]) -> bool | None:
+    """True when every training reward TRL logged (rewards/chosen, rewards/rejected, rewards/margins) stayed within
+    REWARD_FLOOR of 0: the policy never left the reference (rounding, or a reference read from the cache, leaves
+    ~1e-7; a run that learns reaches 1e-2 within a few steps). Accuracies are not read: on equal rewards they are
+    rounding's coin flips. None when no reward was logged."""
+    keys = [k for k in _reward_keys(logs) if k != "rewards/accuracies"]
+    values = [log[k] for log in logs for k in keys if k in log and isinstance(log[k], (int, float))]
+    if not values:
+        return None
+    return all(abs(v) < REWARD_FLOOR for v in values)
+
+
+def outputs_line(output_dir) -> str:
+    """The run's last line: the outputs that exist in output_dir, and where."""
+    out = Path(output_dir)
+    present = [label for label, found in (
+        ("the adapter", (out / "adapter_model.safetensors").is_file()),
+        ("the model", not (out / "adapter_model.safetensors").is_file() and any(out.glob("model*.safetensors"))),
+        ("the merged model (merged/)", (out / "merged" / "config.json").is_file()),
+        ("metrics", (out / "metrics.jsonl").is_file()), ("summary.json", (out / "summary.json").is_file()),
+        ("plots/", (out / "plots").is_dir() and any((out / "plots").iterdir()))) if found]
+    if not present:
+        return f"\nNothing was written to {out}."
+    listed = present[0] if len(present) == 1 else ", ".join(present[:-1]) + " and " + present[-1]
+    return f"\n{listed[0].upper() + listed[1:]} {'is' if len(present) == 1 else 'are'} in {out}"
 
 
 def draw_plots(output_dir: Path) -> list[Path]:

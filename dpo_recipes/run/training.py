@@ -14,6 +14,7 @@ from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.jsonio import apply_default_modes
 from dpo_recipes.run.plan import RunPlan
 from dpo_recipes.run.stage import set_stage
+from dpo_recipes.train.consumed import ConsumedRows
 from dpo_recipes.train.distributed import check_in_effect
 from dpo_recipes.train.nonfinite import NonFiniteGuard
 from dpo_recipes.train.preemption import handler as preemption_handler
@@ -38,6 +39,7 @@ def train(trainer, plan: RunPlan) -> dict:
     guard = NonFiniteGuard.attach(trainer)  # RecipeDPOTrainer has it already; TRL's other trainers get it here
     if monitor is not None:
         guard.on_trip = monitor.record_nonfinite_update
+    consumed = ConsumedRows.attach(trainer)  # summary.json's pairs_trained: what went through the model
     preemption = preemption_handler().attach(trainer)
     preemption.may_save = lambda: guard.tripped is None and (monitor is None or monitor.nonfinite_step is None)
     _redact_wandb_config(trainer)
@@ -49,6 +51,7 @@ def train(trainer, plan: RunPlan) -> dict:
         logger.info("Training had finished in %s: its outputs are written from it", plan.checkpoint)
         return {}
     result = trainer.train(resume_from_checkpoint=plan.checkpoint)  # RecipeDPOTrainer raises the guard's report itself
+    consumed.finish(trainer)
     if guard.tripped is not None:
         raise DPORecipesError(guard.report())
     if monitor is not None and monitor.nonfinite_step is not None:  # the weights may hold that step's update
