@@ -25,6 +25,7 @@ from pathlib import Path
 
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.jsonio import apply_default_modes
+from dpo_recipes.progress import enabled as progress_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ def merge_adapter(peft_model, tokenizer, out_dir: str | Path, copy: bool = True)
     """
     import copy as copying
 
-    merged = (copying.deepcopy(peft_model) if copy else peft_model).merge_and_unload()
+    merged = (copying.deepcopy(peft_model) if copy else peft_model).merge_and_unload(progressbar=progress_enabled())
     out_dir = Path(out_dir)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
     try:

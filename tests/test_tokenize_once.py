@@ -129,3 +129,29 @@ def test_the_embedded_models_bpe_tokenizer_gives_trls_ids_too(tmp_path, kind):
                                 drop_prompt_too_long=True, keep_token_ids=True, config=LOOSE)
     ours = [{c: row[c] for c in TOKEN_COLUMNS} for row in data.dataset]
     assert ours == trl_ids(data.dataset.remove_columns(list(TOKEN_COLUMNS)), tokenizer)
+
+
+def test_tokenizing_shows_progress_unless_disabled(tmp_path, capsys, monkeypatch):
+    from dpo_recipes import progress
+
+    path = str(write(tmp_path, rows("conversational")))
+    load_preference_data(path, tokenizer=tiny_tokenizer(), max_length=4096, keep_token_ids=True, config=LOOSE)
+    assert "Tokenizing the pairs as TRL will: 100%" in capsys.readouterr().err
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    load_preference_data(path, tokenizer=tiny_tokenizer(), max_length=4096, keep_token_ids=True, config=LOOSE)
+    assert "Tokenizing" not in capsys.readouterr().err
+    monkeypatch.delenv("TQDM_DISABLE")
+    progress.set_enabled(False)  # a recipe's --disable_tqdm true
+    try:
+        load_preference_data(path, tokenizer=tiny_tokenizer(), max_length=4096, keep_token_ids=True, config=LOOSE)
+    finally:
+        progress.set_enabled(True)
+    assert "Tokenizing" not in capsys.readouterr().err
+
+
+def test_answering_the_evaluation_prompts_shows_progress(capsys):
+    from dpo_recipes.watch.evaluation import generate_answers
+
+    tokenizer = tiny_tokenizer()
+    generate_answers(tiny_model(tokenizer), tokenizer, ["hi", "who are you?", "2+2?"], max_new_tokens=2, batch_size=2)
+    assert "Answering the evaluation prompts: 100%" in capsys.readouterr().err

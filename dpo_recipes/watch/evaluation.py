@@ -23,6 +23,7 @@ import torch
 from rapidfuzz import fuzz
 
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.progress import bar
 from dpo_recipes.jsonio import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
     answers: list[str] = []
     device = next(model.parameters()).device
     openings = openings or [""] * len(prompts)
+    progress = bar(len(prompts), "Answering the evaluation prompts", unit="prompts") if prompts else None
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         heads = openings[start:start + batch_size]
@@ -55,6 +57,9 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
         for head, row in zip(heads, out[:, enc["input_ids"].shape[1]:]):
             answers.append((head + tokenizer.decode(row, skip_special_tokens=True)).strip())
+        progress.update(len(chunk))
+    if progress is not None:
+        progress.close()
     if was_training:
         model.train()
     return answers
@@ -156,8 +161,10 @@ def general_kl(model, tokenizer, before: EvalResult, batch_size: int = 8) -> flo
     model.eval()
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
+    progress = bar(len(general), "Measuring the drift on general prompts", unit="prompts")
     for start in range(0, len(general), batch_size):
         chunk = general[start:start + batch_size]
+        progress.update(len(chunk))
         prompt_ids = [tokenizer(render_prompt(tokenizer, before.prompts[i]["prompt"]), add_special_tokens=False)
                       ["input_ids"] for i in chunk]
         answer_ids = [tokenizer(before.answers[i], add_special_tokens=False)["input_ids"] for i in chunk]
@@ -178,6 +185,7 @@ def general_kl(model, tokenizer, before: EvalResult, batch_size: int = 8) -> flo
         kl = (trained.exp() * (trained - base)).sum(-1)
         total += float(kl[scored].sum())
         tokens += int(scored.sum())
+    progress.close()
     if was_training:
         model.train()
     return total / tokens if tokens else None
