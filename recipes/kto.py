@@ -42,6 +42,7 @@ def main(recipe_args: RecipeArguments, training_args: KTOConfig, model_args: Rec
 
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
+    run.check_before_data("kto", recipe_args, training_args, model_args, model_path)  # settings, output folder
     data = run.load_train_data(recipe_args, training_args, tokenizer, allow_unpaired=True)
     unpaired = "label" in data.dataset.column_names  # already one answer and a label a row
     prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer, "kto")

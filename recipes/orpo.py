@@ -36,6 +36,7 @@ def main(recipe_args: RecipeArguments, training_args: ORPOConfig, model_args: Re
 
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
+    run.check_before_data("orpo", recipe_args, training_args, model_args, model_path)  # settings, output folder
     data = run.load_train_data(recipe_args, training_args, tokenizer)
     prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer, "orpo")
     plan = run.plan_output_dir("orpo", recipe_args, training_args, model_args, model_path, data)

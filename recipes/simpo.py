@@ -39,6 +39,7 @@ def main(recipe_args: RecipeArguments, training_args: CPOConfig, model_args: Rec
 
     # 2. Before any model work: tokenizer, data (every dropped pair counted), checks, the output folder ----------
     tokenizer, model_path = run.load_tokenizer_for(model_args, training_args)
+    run.check_before_data("simpo", recipe_args, training_args, model_args, model_path)  # settings, output folder
     data = run.load_train_data(recipe_args, training_args, tokenizer)
     prompts = run.check_before_model(recipe_args, training_args, model_args, data.dataset, tokenizer, "simpo")
     if training_args.loss_type != "simpo":

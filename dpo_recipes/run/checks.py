@@ -11,6 +11,7 @@ from trl import DPOConfig
 from dpo_recipes.check.preflight import check_before_run
 from dpo_recipes.data.lengths import require_chat_template
 from dpo_recipes.errors import DPORecipesError
+from dpo_recipes.run.plan import precheck_output_dir
 from dpo_recipes.run.stage import set_stage
 from dpo_recipes.train.hooks import check_anchor_config, check_hook_config, check_hook_scores
 from dpo_recipes.watch.evaluation import load_eval_prompts
@@ -26,14 +27,32 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
     and time estimate; `--preflight strict` stops on any of them)."""
     set_stage("checking the settings")
     check_before_run(recipe_args, training_args, model_args, recipe, dataset=dataset, tokenizer=tokenizer)
+    prompts = _settings(recipe_args, training_args, model_args)
+    if dataset is not None and len(dataset) and isinstance(dataset[0]["prompt"], list):
+        require_chat_template(tokenizer, model_args.model_name_or_path)
+    if getattr(recipe_args, "loss_hook", None) == "odpo":
+        check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
+    if getattr(recipe_args, "anchor_coef", 0) and _is_dpo(training_args):
+        check_anchor_config(recipe_args.anchor_coef, dataset, training_args.precompute_ref_log_probs)
+    return prompts
+
+
+def check_before_data(recipe: str, recipe_args, training_args, model_args, model_path: str) -> None:
+    """The checks that need neither the data nor the model, before the data is read: the settings below and the
+    output folder with its run record (`plan.precheck_output_dir`). A conflict then costs seconds, not the minute
+    that reading and tokenizing a large data set takes."""
+    set_stage("checking the settings")
+    _settings(recipe_args, training_args, model_args)
+    precheck_output_dir(recipe, recipe_args, training_args, model_args, model_path)
+
+
+def _settings(recipe_args, training_args, model_args) -> list[dict]:
+    """Checks of the settings alone (no data, no model); returns the evaluation prompts they read."""
     _check_push_to_hub(training_args)
     parse_thresholds(recipe_args.health_thresholds)  # a bad alarm threshold fails before the output folder is claimed
-
     if recipe_args.merge and not model_args.use_peft:
         raise DPORecipesError("--merge merges a LoRA adapter into its base model, but use_peft is false: the model "
                               f"saved in {training_args.output_dir} is already the full model. Drop --merge.")
-    if dataset is not None and len(dataset) and isinstance(dataset[0]["prompt"], list):
-        require_chat_template(tokenizer, model_args.model_name_or_path)
     prompts = load_eval_prompts(recipe_args.eval_prompts_file)  # a bad prompts file fails now, not after training
     if any(p["kind"] == "identity" for p in prompts) and not recipe_args.identity_name:
         raise DPORecipesError(f"{recipe_args.eval_prompts_file} has identity prompts, but no --identity_name says "
@@ -45,10 +64,6 @@ def check_before_model(recipe_args, training_args, model_args, dataset, tokenize
                               "--loss_hook, or run recipes/dpo_lora.py.")
     if loss_hook is not None:
         check_hook_config(loss_hook, training_args)
-        if loss_hook == "odpo":
-            check_hook_scores(dataset, "train_dataset", recipe_args.odpo_ratio)
-    if getattr(recipe_args, "anchor_coef", 0) and _is_dpo(training_args):
-        check_anchor_config(recipe_args.anchor_coef, dataset, training_args.precompute_ref_log_probs)
     return prompts
 
 

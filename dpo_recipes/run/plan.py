@@ -96,7 +96,8 @@ def run_record(recipe: str, recipe_args, training_args, model_args, model_path: 
     return {
         "recipe": recipe,
         **model_identity(model_args, model_path),
-        "data": {"source": recipe_args.dataset_name, "pairs": len(dataset), "sha256": data_fingerprint(dataset)},
+        "data": {"source": recipe_args.dataset_name, "pairs": None if dataset is None else len(dataset),
+                 "sha256": None if dataset is None else data_fingerprint(dataset)},
         "training": {**pick(training_args, TRAINING_KEYS), **pick(model_args, MODEL_KEYS),
                      "loss_hook": loss_hook, **pick(recipe_args, HOOK_KEYS.get(loss_hook, ()))},
         "length": {"max_steps": training_args.max_steps, "num_train_epochs": training_args.num_train_epochs},
@@ -117,7 +118,7 @@ def _differences(old: dict, new: dict) -> list[str]:
     for key in ("recipe", "model", "revision", "config_sha256"):
         if old.get(key) != new.get(key):
             diffs.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
-    if old.get("data", {}).get("sha256") != new["data"]["sha256"]:
+    if new["data"]["sha256"] is not None and old.get("data", {}).get("sha256") != new["data"]["sha256"]:
         diffs.append(f"data ({old.get('data', {}).get('source')}, {old.get('data', {}).get('pairs')} pairs -> "
                      f"{new['data']['source']}, {new['data']['pairs']} pairs, other content)")
     old_training, new_training = old.get("training", {}), new["training"]
@@ -150,6 +151,39 @@ def clear_run_outputs(output_dir: Path) -> list[str]:
             continue
         removed.append(path.name)
     return removed
+
+
+def precheck_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str) -> None:
+    """The output folder's refusals that need no data, before the data is read (reading and tokenizing 20,000 pairs
+    takes a minute): a file or an unwritable folder, --overwrite_output_dir on a folder no run wrote, with
+    --resume_from_checkpoint, and a run record whose model or settings differ. Nothing is created or written here;
+    `plan_output_dir` decides the rest (the data's fingerprint) once the data is read."""
+    set_stage("checking the output folder", output_dir=training_args.output_dir)
+    out = Path(training_args.output_dir)
+    if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
+        raise DPORecipesError(f"--output_dir {out} is the model folder itself; pass another --output_dir.")
+    if out.exists() and not out.is_dir():
+        raise DPORecipesError(f"--output_dir {out} is a file; pass a folder.")
+    existing = next((p for p in (out, *out.resolve().parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise DPORecipesError(f"--output_dir {out}: cannot create the folder ({existing} is a file).")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise DPORecipesError(f"--output_dir {out}: {'the folder' if existing == out else existing} is not writable "
+                              "by this user.")
+    if recipe_args.overwrite_output_dir and out.is_dir() and not (out / RUN_RECORD).is_file() \
+            and any(out.iterdir()):
+        raise DPORecipesError(f"--overwrite_output_dir: {out} holds no {RUN_RECORD}, so nothing in it is known to be "
+                              "a run's output and nothing is removed; pass a new --output_dir.")
+    if training_args.resume_from_checkpoint and recipe_args.overwrite_output_dir:
+        raise DPORecipesError("--resume_from_checkpoint continues a run and --overwrite_output_dir starts one afresh: "
+                              "pass one of them.")
+    if (out / RUN_RECORD).is_file() and not recipe_args.overwrite_output_dir:
+        record = run_record(recipe, recipe_args, training_args, model_args, model_path, None)
+        diffs = _differences(_read_record(out / RUN_RECORD, out), record)
+        if diffs:
+            raise DPORecipesError(f"{out} holds another run (differs in: {'; '.join(diffs[:4])}"
+                                  f"{'; ...' if len(diffs) > 4 else ''}); resuming it would continue that run's "
+                                  f"model. {_start_fresh_hint(out)}")
 
 
 def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str, data,
