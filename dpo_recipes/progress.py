@@ -32,3 +32,15 @@ def bar(total: int | None, desc: str, unit: str = "pairs", **kwargs):
 
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.5, **kwargs)
+
+
+def starting(module_name: str, recipe_file: str) -> None:
+    """One line on stderr as a recipe starts, before its ~5 s of importing PyTorch, Transformers and TRL, so that the
+    first seconds of a run are not silent. Only when the recipe runs as a script (`module_name` is "__main__"), on
+    the first process of a launch, without --help, and unless TQDM_DISABLE is set."""
+    if module_name != "__main__" or os.environ.get("RANK", "0") != "0" or not enabled():
+        return
+    if any(arg in ("-h", "--help") for arg in sys.argv[1:]):
+        return
+    name = os.path.splitext(os.path.basename(recipe_file))[0]
+    print(f"{name}: starting (importing PyTorch, Transformers and TRL)", file=sys.stderr, flush=True)

@@ -15,6 +15,10 @@ against its own folder), then the command line. `dpo-recipes check configs/dpo_l
 place it came from. Change values there, not the plumbing here.
 """
 
+from dpo_recipes.progress import starting
+
+starting(__name__, __file__)  # one line before ~5 s of imports
+
 import logging
 import time
 

@@ -29,6 +29,10 @@ configs/iterative_dpo.yaml beside this file (else the shipped one), then the com
 each value's source.
 """
 
+from dpo_recipes.progress import starting
+
+starting(__name__, __file__)  # one line before ~5 s of imports
+
 import dataclasses
 import json
 import logging

@@ -15,6 +15,10 @@ configs/kto.yaml beside this file (else the shipped one), then the command line;
 value's source.
 """
 
+from dpo_recipes.progress import starting
+
+starting(__name__, __file__)  # one line before ~5 s of imports
+
 import logging
 import time
 

@@ -125,3 +125,12 @@ def test_a_second_interrupt_during_shutdown_ends_the_run_without_tracebacks():
     assert proc.wait(timeout=60) == -signal.SIGINT  # ended by the signal: 130 in a shell
     assert "interrupted while training." in "".join(lines)
     assert "Exception ignored" not in rest and "Traceback" not in rest
+
+
+def test_a_recipe_says_it_is_starting_before_its_imports_but_not_for_help():
+    started = subprocess.run([sys.executable, "recipes/dpo_lora.py", "--lora_rnak", "8"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert started.stderr.splitlines()[0] == "dpo_lora: starting (importing PyTorch, Transformers and TRL)"
+    helped = subprocess.run([sys.executable, "recipes/dpo_lora.py", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert helped.returncode == 0 and "starting" not in helped.stderr

@@ -23,6 +23,9 @@ def test_pairs_trained_counts_a_partial_last_batch_once(tiny_model_dir, tmp_path
     result = summary(out)
     assert result["steps"] == 3 * int(epochs) and result["pairs_trained"] == pairs
     assert result["train_pairs_per_second"] == pytest.approx(pairs / result["train_seconds"], rel=0.02)  # seconds rounded to 0.01
+    stages = list(result["seconds_by_stage"])
+    assert stages.index("checking the output folder") < stages.index("loading the data") < stages.index("training")
+    assert result["peak_rss_gb"] > 0.1
 
 
 def test_pairs_trained_stops_where_max_steps_stops(tiny_model_dir, tmp_path):

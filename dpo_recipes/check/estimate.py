@@ -7,13 +7,13 @@ Memory per process, in bytes (the formula, not a measurement):
   reference is the base with the adapter disabled (no memory), ORPO and SimPO have none;
 - gradients: trainable parameters x their bytes (LoRA adapters are fp32: PEFT's autocast_adapter_dtype);
 - optimizer: AdamW keeps 2 states per trainable parameter in its dtype (8-bit optimizers 1 byte a state);
-- activations, the forward of one micro-batch kept for its backward: ~34 bytes x hidden x tokens per layer in 16-bit
-  (Korthikanti et al. 2022, "Reducing Activation Recomputation", attention scores left out: sdpa and flash attention do
-  not keep them), half that in values, so x2 in fp32. With gradient checkpointing only each layer's input is kept
-  (hidden x tokens values a layer) plus one layer's full activations during its recomputation. TRL's fused LM head
-  never builds the full logits for DPO and KTO; ORPO and CPO do (tokens x vocabulary x 4 bytes, twice).
-  Checked against benchmarks/throughput.py on SmolLM2-135M, 8 HH pairs at 256 tokens: 5.3 GB by the formula against
-  5.38 GB peak RSS measured without checkpointing, 2.0 (+1 GB process baseline) against 2.41 GB with it.
+- activations, what one micro-batch keeps for its backward (`activation_bytes`): the batch times its longest pair's
+  positions (padding included), times a per-position cost fitted to measured peak RSS: per decoder layer the
+  backward runs through (LoRA: the adapted ones) a fixed number of bytes per hidden unit, and per scored position
+  a few vocabulary-wide fp32 rows (logits, log-softmax and their gradients in TRL's chunked log-prob kernel).
+  Gradient checkpointing keeps each layer's input and one layer's full set.
+  Checked against benchmarks/scale.py on SmolLM2-135M (docs/benchmarks.md): within 4% of the peak RSS for LoRA at
+  batch 2, 4 and 8 with max_length 1024, with and without checkpointing.
 
 Time per optimizer step: matmul FLOPs over a measured matmul rate. FLOPs per token position and pass are 2 x the
 decoder's weights (embeddings excluded) plus 2 x hidden x vocabulary for each position the LM head scores. Passes: the
@@ -42,7 +42,14 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 EFFICIENCY = (0.31, 0.40)  # share of the matmul peak whole DPO steps reached (docs/speed.md, benchmarks/throughput.py)
-ACTIVATION_BYTES_16BIT = 34  # per hidden unit, token and layer in 16-bit (Korthikanti et al. 2022), scores excluded
+# Bytes a position keeps per hidden unit in each decoder layer the backward runs through, and per vocabulary entry
+# at each scored position. Fitted to peak RSS (benchmarks/scale.py, long UltraFeedback-shaped pairs, max_length 1024,
+# batch 2/4/8, with and without checkpointing; docs/benchmarks.md): in bf16 autocast on a CPU a LoRA layer keeps
+# ~76 bytes a hidden unit (the fp32 residual stream and norms, the 16-bit copies autocast makes, the adapters'
+# inputs), a fully trained one ~54; the LM head and loss ~5.5 fp32 vocabulary rows a scored position. Korthikanti
+# et al.'s 34 bytes (pure 16-bit, GPU) undercounted CPU runs 2.7-4.5x.
+LAYER_BYTES = {("lora", "16bit"): 76, ("full", "16bit"): 54, ("lora", "fp32"): 76, ("full", "fp32"): 54}
+HEAD_BYTES = {"16bit": 22, "fp32": 22}
 CPU_PROCESS_BASELINE_GB = 1.0  # RSS of Python + torch + transformers before any model (benchmarks/throughput.py runs)
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _FACTS: dict = {}  # model facts per (path, revision, attention, LoRA settings): building them costs ~0.5 s
@@ -217,14 +224,9 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
     optim = str(getattr(a.optim, "value", a.optim))
     states = 0 if "adafactor" in optim else 1 if any(k in optim for k in ("sgd", "rmsprop")) else 2
     state_bytes = 1 if "8bit" in optim or optim == "adamw_bnb_8bit" else tb
-    act = 2 if a.bf16 or a.fp16 or wb == 2 else 4
-    tokens = a.per_device_train_batch_size * out["positions_per_unit"]  # one micro-batch
-    per_layer = ACTIVATION_BYTES_16BIT / 2 * act * h * tokens
-    activations = (layers * h * tokens * act + per_layer) if a.gradient_checkpointing else layers * per_layer
-    if s.trainer in ("orpo", "cpo"):  # their concatenated forward builds full logits and log-softmax in fp32
-        activations += 2 * 4 * tokens * facts["vocab"]
     memory = {"weights": facts["params"] * wb, "reference": facts["params"] * wb if s.reference == "copy" else 0,
-              "gradients": trainable * tb, "optimizer": states * trainable * state_bytes, "activations": activations}
+              "gradients": trainable * tb, "optimizer": states * trainable * state_bytes,
+              "activations": activation_bytes(s, facts, out, layout, full, adapted)}
     out["memory_gb"] = {k: v / 1e9 for k, v in memory.items()}
     out["memory_gb"]["total"] = sum(memory.values()) / 1e9
 
@@ -261,6 +263,35 @@ def estimate(s, facts: dict | None, problem: str | None, probe: bool = True) -> 
             run = [r + once / e for r, e in zip(run, reversed(EFFICIENCY))]
         out["run_seconds"] = tuple(run)
     return out
+
+
+def activation_bytes(s, facts: dict, out: dict, layout: dict, full: bool, adapted: int) -> float:
+    """What one micro-batch keeps for its backward, in bytes: its longest pair's positions times the batch (a batch
+    pads to its longest pair, and group_by_length puts the longest first), times what a position keeps:
+
+    - per decoder layer the backward passes through (all of them for full training; LoRA: the adapted ones, from
+      the lowest up), LAYER_BYTES x hidden (LoRA adds the 16-bit copy of each adapted projection's input that
+      autocast makes for the adapter); with gradient checkpointing, only each layer's fp32 input and one layer's
+      full set during its recomputation;
+    - per scored position (the LM head's and the loss's vocabulary-wide tensors), HEAD_BYTES x vocabulary; ORPO
+      and CPO score every position.
+    Fitted on peak RSS of SmolLM2-135M on this project's 2-core CPU (benchmarks/scale.py, docs/benchmarks.md).
+    """
+    a = s.args
+    h, layers, vocab = facts["hidden"], facts["layers"], facts["vocab"]
+    per_unit = layout.get("positions_max") or out["positions_per_unit"]
+    scored_share = (layout["completions"] / layout["positions"]) if layout.get("positions") else 1.0
+    if s.trainer in ("orpo", "cpo"):
+        scored_share = 1.0
+    tokens = a.per_device_train_batch_size * per_unit
+    precision = "16bit" if (a.bf16 or a.fp16 or _weight_dtype(s.model_args, facts) != "float32") else "fp32"
+    layer = LAYER_BYTES[("full" if full else "lora", precision)] * h
+    kept = layers if full else adapted
+    if a.gradient_checkpointing:
+        per_position = kept * h * 4 + layer
+    else:
+        per_position = kept * layer
+    return tokens * per_position + tokens * scored_share * HEAD_BYTES[precision] * vocab
 
 
 def device_memory_gb(on_cpu: bool) -> float | None:

@@ -15,7 +15,7 @@ from dpo_recipes.models import merge_adapter
 from dpo_recipes.run.inputs import load_model_for
 from dpo_recipes.run.model_card import write_model_card
 from dpo_recipes.run.plan import RUN_OUTPUTS, RUN_RECORD, RunPlan, wait_for_everyone
-from dpo_recipes.run.stage import set_stage
+from dpo_recipes.run.stage import seconds_by_stage, set_stage
 from dpo_recipes.run.training import Watch
 from dpo_recipes.train.distributed import distributed_setup
 from dpo_recipes.watch.evaluation import general_kl
@@ -81,6 +81,8 @@ def summarize(recipe_args, model_args, model_path: str, data, trainer, plan: Run
         "train_pairs_per_second": round(pairs_trained / train_seconds, 3) if train_seconds else None,
         "train_loss": metrics.get("train_loss"),
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",  # of the training forward/backward
+        "seconds_by_stage": seconds_by_stage(),  # from the recipe's start to this summary
+        "peak_rss_gb": peak_rss_gb(),
         **speed_levers(trainer),
         "distributed": distributed_setup(trainer),
         "versions": package_versions(),
@@ -147,6 +149,16 @@ def finish(plan: RunPlan, trainer, summary: dict, before=None, after=None, watch
     if trainer.args.push_to_hub:  # the summary, answers and plots too (save_model pushed the weights)
         trainer.push_to_hub(commit_message="dpo-recipes: summary, held-out answers, plots")
     write_json_atomic(plan.output_dir / RUN_RECORD, {**plan.record, "finished_step": trainer.state.global_step})
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory so far, in GB (Linux reports KiB), to set beside the pre-flight's
+    estimate."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2)
 
 
 def _reward_keys(logs: list[dict]) -> list[str]:

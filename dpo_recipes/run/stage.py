@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from accelerate import PartialState
@@ -21,10 +22,23 @@ from dpo_recipes.watch.tracking import last_checkpoint
 _PROGRESS: dict = {"stage": "start", "output_dir": None, "trainer": None}
 
 
+_TIMELINE: list[tuple[str, float]] = []  # (stage, time.perf_counter() when it began), in order
+
+
 def set_stage(stage: str, **context) -> None:
-    """Note what the recipe is doing now (shown if the user interrupts it)."""
+    """Note what the recipe is doing now (shown if the user interrupts it, and timed for summary.json)."""
     _PROGRESS["stage"] = stage
     _PROGRESS.update(context)
+    _TIMELINE.append((stage, time.perf_counter()))
+
+
+def seconds_by_stage() -> dict[str, float]:
+    """Seconds spent in each stage so far, summed when a stage recurs (the last one counted up to now)."""
+    spent: dict[str, float] = {}
+    ends = [t for _, t in _TIMELINE[1:]] + [time.perf_counter()]
+    for (stage, start), end in zip(_TIMELINE, ends):
+        spent[stage] = round(spent.get(stage, 0.0) + end - start, 2)
+    return spent
 
 
 def _interrupt_message() -> str:
