@@ -89,3 +89,10 @@ def test_an_output_folder_of_another_run_is_refused_before_the_data_is_read(tiny
     with pytest.raises(DPORecipesError, match="is a file"):
         (tmp_path / "file").write_text("x")
         dpo(*quick(tiny_model_dir, tmp_path / "file", "--dataset_name", str(FIXTURE)))
+
+
+def test_the_training_bar_shows_the_micro_batch_inside_a_step(tiny_model_dir, tmp_path, capsys):
+    dpo(*quick(tiny_model_dir, tmp_path / "run", "--dataset_name", str(FIXTURE), "--max_steps", "1",
+               "--gradient_accumulation_steps", "3", "--disable_tqdm", "false"))
+    err = capsys.readouterr().err
+    assert "micro-batch 2/3" in err and "micro-batch 3/3" in err
