@@ -110,3 +110,20 @@ def test_a_trl_that_ignores_the_swap_is_refused_with_anchors_too(tmp_path, monke
     monkeypatch.setattr(RecipeDPOTrainer, "_without_terms", lambda self, names: contextlib.nullcontext())
     with pytest.raises(DPORecipesError, match=r"no longer sums the terms listed there"):
         anchored(tmp_path).train()
+
+
+def test_the_lever_check_reads_the_first_pair_of_the_batch_and_trims_its_padding():
+    import torch
+
+    from dpo_recipes.train.lever_check import first_pair
+
+    mask = torch.zeros(6, 10, dtype=torch.long)
+    for row, used in enumerate((4, 9, 10, 6, 3, 8)):  # chosen rows 0-2, rejected rows 3-5
+        mask[row, :used] = 1
+    batch = {"input_ids": torch.arange(60).reshape(6, 10), "attention_mask": mask, "completion_mask": mask.clone(),
+             "ref_chosen_logps": torch.tensor([1.0, 2.0, 3.0])}
+    pair = first_pair(batch)
+    assert pair["input_ids"].tolist() == [list(range(0, 6)), list(range(30, 36))]  # rows 0 and 3, 6 columns used
+    assert pair["ref_chosen_logps"].tolist() == [1.0]
+    odd = {**batch, "pixel_values": torch.zeros(5, 3)}  # a layout it does not know: the whole batch
+    assert first_pair(odd) is odd

@@ -4,6 +4,7 @@ training pairs (validated, every dropped pair counted) and the held-out pairs TR
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from dpo_recipes.data import load_preference_data
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.models import load_model, load_tokenizer, missing_in_folder, resolve_model_path
 from dpo_recipes.run.stage import set_stage
+
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer_for(model_args, training_args):
@@ -47,6 +50,9 @@ def load_train_data(recipe_args, training_args, tokenizer, allow_unpaired: bool 
     set_stage("loading the data")
     if not recipe_args.dataset_name:
         raise DPORecipesError("No training data: pass --dataset_name PAIRS.jsonl (or a folder / hub id), or --config.")
+    source = Path(recipe_args.dataset_name)
+    size = f" ({source.stat().st_size / 1e6:.0f} MB)" if source.is_file() and source.stat().st_size > 5e6 else ""
+    logger.info("Reading and validating %s%s", recipe_args.dataset_name, size)
     data = load_preference_data(
         recipe_args.dataset_name, split=recipe_args.dataset_train_split, data_format=recipe_args.data_format,
         column_map=recipe_args.column_map, validation=recipe_args.validation, config=recipe_args.validation_config(),

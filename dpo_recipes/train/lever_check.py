@@ -7,7 +7,8 @@ move. So before the first training step the policy's log-probs of that batch are
 with the levers and without them (TRL's own path), and compared per completion token. Outside the tolerance of the
 precision in use, the levers turn themselves off for the rest of the run with one warning: slower, never different.
 
-The check costs two forwards without gradients, once per run.
+The check costs two forwards without gradients of one pair (the first of the first batch), once per run: a few
+seconds at 1,000 tokens on a CPU, where the whole first batch of 4 long pairs took ~25 s.
 """
 
 from __future__ import annotations
@@ -38,9 +39,34 @@ def completion_log_probs(model, inputs: dict) -> tuple[torch.Tensor, torch.Tenso
     return log_probs * mask, mask
 
 
+def first_pair(batch: dict) -> dict:
+    """The batch's first pair alone, in TRL 1.16's layout (chosen rows, then rejected rows), padding trimmed; the
+    whole batch when a tensor's layout is not that one (it is then checked whole)."""
+    ids = batch.get("input_ids")
+    if not torch.is_tensor(ids) or ids.dim() != 2 or ids.size(0) % 2 or ids.size(0) == 2:
+        return batch
+    pairs, width = ids.size(0) // 2, ids.size(1)
+    rows = torch.tensor([0, pairs], device=ids.device)
+    out = {}
+    for key, value in batch.items():
+        if not torch.is_tensor(value) or value.dim() == 0:
+            return batch
+        if value.size(0) == 2 * pairs:
+            out[key] = value.index_select(0, rows)
+        elif value.size(0) == pairs:
+            out[key] = value[:1]
+        else:
+            return batch
+    if torch.is_tensor(out.get("attention_mask")) and out["attention_mask"].dim() == 2:
+        used = int(out["attention_mask"].sum(-1).max())
+        out = {k: v[:, :used] if v.dim() >= 2 and v.size(1) == width else v for k, v in out.items()}
+    return out
+
+
 def levers_agree(trainer, model, inputs: dict, levers_on, levers_off) -> tuple[bool, float]:
     """Whether the log-probs with the levers (`levers_on()`, a context manager) equal TRL's (`levers_off()`) on this
-    batch, and the mean |difference| per completion token. Every process takes the same answer."""
+    batch's first pair, and the mean |difference| per completion token. Every process takes the same answer."""
+    inputs = first_pair(inputs)
     was_training = model.training
     model.eval()  # no dropout: two forwards of the same weights must agree
     try:
