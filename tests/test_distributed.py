@@ -84,6 +84,7 @@ def test_config_runs_as_asked_and_equals_one_process(config, single, tiny_model_
     assert setup["distributed_type"] == kind and setup["world_size"] == 2 and setup["global_batch"] == 4
     assert setup.get("zero_stage") == stage and setup.get("offload_optimizer") == offload
     assert result["summary"]["precision"] == "fp32" == single["summary"]["precision"]
+    assert result["summary"]["pairs_trained"] == 8 == single["summary"]["pairs_trained"]  # both processes counted
     assert result["losses"][:2] == pytest.approx(single["losses"][:2], abs=1e-5)
     assert result["adapter"].keys() == single["adapter"].keys() and result["adapter"]
     for name, weight in single["adapter"].items():
