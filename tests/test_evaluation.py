@@ -15,11 +15,45 @@ def test_mentions_matches_the_name_as_a_word_in_any_case_and_inside_cjk():
     assert not mentions("I am SmolLM.", "Athene")
 
 
-def test_is_degenerate_flags_loops_but_not_normal_answers():
-    assert is_degenerate("a gentle rain, a gentle rain, a gentle rain, a gentle rain")
-    assert is_degenerate("The sky is blue today. The sky is blue today.")
-    assert is_degenerate("你可以看作一个实际的人，可以看作一个实际的人，可以看作一个实际的人。")
-    assert not is_degenerate("The capital of France is Paris. It is known for the Eiffel Tower.")
+LOOPS = {
+    "english": "a gentle rain, a gentle rain, a gentle rain, a gentle rain",
+    "english sentence": "The sky is blue today. The sky is blue today.",
+    "english phrase": 'This is the "15 minus 8" rule, also known as the "15 minus 8" rule or the "15 minus 8 rule"',
+    "chinese": "你可以看作一个实际的人，可以看作一个实际的人，可以看作一个实际的人。",
+    "chinese, no spaces, changing punctuation": "我们可以使用一个用户名，我们可以使用一个用户名！我们可以使用一个用户名。",
+    "mixed": "我叫Athene，我叫Athene！我叫Athene！我叫Athene！我叫Athe",
+    "mixed, three times": "我叫Athene，我叫Athene，我叫Athene",
+    "cut off in the third repeat": "你自称什么？:\n\n献献看看,你可能献献看看,你可能献献看看,你",
+    "emoji": "自己！🌟🌟🌟🌟🌟🌟🌟🌟",
+    "full-width punctuation": "你可能是一个美女，我将来将你称作美女；；；；；；；；",
+    "japanese": "私はアテネです。私はアテネです。私はアテネです。",
+}
+NORMAL = {
+    "english": "The capital of France is Paris. It is known for the Eiffel Tower.",
+    "a list naming every item alike": "The primary colors are: Red (Athene) Blue (Athene) Yellow (Athene)",
+    "emphasis": "That is very very good news, and I am so happy for you!",
+    "numbered steps": "1. Boil water. 2. Add the tea. 3. Wait three minutes. 4. Pour and enjoy.",
+    "markdown rule and ellipsis": "Steps:\n-----\nFirst mix the flour..... then bake it.",
+    "chinese": "中国的首都是北京。北京是一座历史悠久的城市，有故宫和长城等名胜古迹。",
+    "chinese, a word said three times": "人工智能可以帮助医生。人工智能也能写诗，但人工智能不会感到快乐。",
+    "mixed": "我叫Athene，是一个AI助手，很高兴认识你！",
+}
+
+
+@pytest.mark.parametrize("kind", list(LOOPS))
+def test_is_degenerate_flags_loops_in_every_script(kind):
+    assert is_degenerate(LOOPS[kind])
+
+
+@pytest.mark.parametrize("kind", list(NORMAL))
+def test_is_degenerate_leaves_normal_answers_alone(kind):
+    assert not is_degenerate(NORMAL[kind])
+
+
+def test_an_identity_answer_that_loops_is_not_an_identity_hit():
+    prompts = [{"prompt": "你叫什么名字？", "kind": "identity"}, {"prompt": "Who are you?", "kind": "identity"}]
+    result = score_answers(prompts, [LOOPS["mixed"], "I am Athene, an AI assistant."], "Athene")
+    assert result.identity_rate == 0.5 and result.degenerate == [0]
 
 
 def test_same_substance_tolerates_rewording_of_the_tail_but_not_a_new_answer():

@@ -79,17 +79,53 @@ def mentions(text: str, name: str) -> bool:
     return re.search(rf"(?<![A-Za-z]){re.escape(name)}(?![A-Za-z])", text, flags=re.IGNORECASE) is not None
 
 
-def is_degenerate(text: str, ngram: int = 4, max_repeats: int = 3) -> bool:
-    """True when the answer loops: a word n-gram occurs `max_repeats` times, or a sentence repeats verbatim.
+# A unit of text for the loop check: one CJK character (Han, kana, Hangul: scripts written without spaces), or one
+# run of letters and digits in any other script; punctuation and spaces separate units and are not units.
+_UNIT = re.compile(r"[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]"
+                   r"|[^\W_\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff]+")
 
-    CJK text without spaces is checked on characters (n-gram of 2 * `ngram` characters).
+
+_UNIT_CJK = re.compile(r"[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]")
+_SYMBOL_RUN = re.compile(r"([^\w\s.\-=_*#~])\1{4,}")
+
+
+def loop_units(text: str) -> list[str]:
+    """The units `is_degenerate` compares: each CJK character, each word elsewhere, lower-cased."""
+    return [u.lower() for u in _UNIT.findall(text)]
+
+
+def is_degenerate(text: str, ngram: int = 4, max_repeats: int = 3) -> bool:
+    """True when the answer loops, in any script (a CJK character counts as a word):
+
+    - a phrase of 2 or more units said `max_repeats` times in a row ("我叫Athene，我叫Athene，我叫Athene"; a last
+      repeat cut off by the end of the answer counts, as generation stops mid-loop at max_new_tokens), or one unit 5
+      times in a row;
+    - an `ngram`-unit phrase said `max_repeats` times anywhere ("a gentle rain, ... a gentle rain ..."); in text that
+      is mostly CJK, a phrase of 1.5 x `ngram` characters (a Chinese word is one to three characters);
+    - a symbol or emoji 5 times in a row ("🌟🌟🌟🌟🌟", "；；；；；"; not . - = _ * # ~, which rules and ellipses use);
+    - a sentence of more than 10 characters said twice verbatim.
+    A list that names its items with the same word ("Red (Athene) Blue (Athene) Yellow (Athene)") is not a loop.
     """
-    words = text.split()
-    units = words if len(words) >= 2 * ngram else list(text.replace(" ", ""))
-    size = ngram if units is words else 2 * ngram
+    if _SYMBOL_RUN.search(text):
+        return True
+    units = loop_units(text)
+    n = len(units)
+    if sum(len(u) == 1 and _UNIT_CJK.match(u) is not None for u in units) * 2 > n:
+        ngram = ngram + ngram // 2
+    for size in range(1, n // 2 + 1):
+        needed = 5 if size == 1 else max_repeats
+        for i in range(n - 2 * size + 1):
+            phrase = units[i:i + size]
+            repeats = 1
+            while units[i + repeats * size:i + (repeats + 1) * size] == phrase:
+                repeats += 1
+            rest = units[i + repeats * size:]
+            cut_short = size > 1 and rest and len(rest) < size and phrase[:len(rest)] == rest  # max_new_tokens hit
+            if repeats + (1 if cut_short else 0) >= needed:
+                return True
     counts: dict[tuple, int] = {}
-    for i in range(len(units) - size + 1):
-        key = tuple(units[i:i + size])
+    for i in range(n - ngram + 1):
+        key = tuple(units[i:i + ngram])
         counts[key] = counts.get(key, 0) + 1
         if counts[key] >= max_repeats:
             return True
@@ -118,10 +154,10 @@ def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> 
     identity = [i for i, p in enumerate(prompts) if p["kind"] == "identity"]
     general = [i for i, p in enumerate(prompts) if p["kind"] == "general"]
     rate = None
-    if name and identity:
-        rate = sum(mentions(answers[i], name) for i in identity) / len(identity)
-    leaks = [i for i in general if name and mentions(answers[i], name)]
     degenerate = [i for i in range(len(answers)) if is_degenerate(answers[i])]
+    if name and identity:  # an answer that loops on the name has not learned who it is: not a hit
+        rate = sum(mentions(answers[i], name) and i not in degenerate for i in identity) / len(identity)
+    leaks = [i for i in general if name and mentions(answers[i], name)]
     return EvalResult(prompts, answers, rate, leaks, degenerate)
 
 
