@@ -12,8 +12,9 @@ Memory per process, in bytes (the formula, not a measurement):
   backward runs through (LoRA: the adapted ones) a fixed number of bytes per hidden unit, and per scored position
   a few vocabulary-wide fp32 rows (logits, log-softmax and their gradients in TRL's chunked log-prob kernel).
   Gradient checkpointing keeps each layer's input and one layer's full set.
-  Checked against benchmarks/scale.py on SmolLM2-135M (docs/benchmarks.md): within 4% of the peak RSS for LoRA at
-  batch 2, 4 and 8 with max_length 1024, with and without checkpointing.
+  Checked against benchmarks/scale.py on SmolLM2-135M on a 2-core CPU (docs/benchmarks.md): measured peaks were
+  0.85-1.21x the estimate from the default run to 20,000 long pairs at batch 2-8, LoRA and full, with and without
+  checkpointing. Fitted on a CPU: a GPU with flash attention keeps less, so there it errs high.
 
 Time per optimizer step: matmul FLOPs over a measured matmul rate. FLOPs per token position and pass are 2 x the
 decoder's weights (embeddings excluded) plus 2 x hidden x vocabulary for each position the LM head scores. Passes: the
