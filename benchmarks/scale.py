@@ -114,6 +114,7 @@ def conversation_tokens(path: Path, tokenizer, sample: int = 500) -> list[int]:
 def run_recipe(config: Path, extra: list[str]) -> tuple[list[tuple[float, str]], int, float]:
     """Run the recipe; return (timestamped output pieces, exit status, peak RSS in GB of its process)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("TQDM_DISABLE", None)  # the progress output is what this measures
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(RECIPE), "--config", str(config), *extra], cwd=config.parent,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)

@@ -5,6 +5,7 @@ presets cause."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -128,9 +129,13 @@ def test_a_second_interrupt_during_shutdown_ends_the_run_without_tracebacks():
 
 
 def test_a_recipe_says_it_is_starting_before_its_imports_but_not_for_help():
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # CI sets it; it turns the line off too
     started = subprocess.run([sys.executable, "recipes/dpo_lora.py", "--lora_rnak", "8"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=300, env=env)
     assert started.stderr.splitlines()[0] == "dpo_lora: starting (importing PyTorch, Transformers and TRL)"
     helped = subprocess.run([sys.executable, "recipes/dpo_lora.py", "--help"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=env)
+    quiet = subprocess.run([sys.executable, "recipes/dpo_lora.py", "--lora_rnak", "8"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300, env={**env, "TQDM_DISABLE": "1"})
+    assert "starting" not in quiet.stderr
     assert helped.returncode == 0 and "starting" not in helped.stderr

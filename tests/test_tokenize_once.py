@@ -131,7 +131,19 @@ def test_the_embedded_models_bpe_tokenizer_gives_trls_ids_too(tmp_path, kind):
     assert ours == trl_ids(data.dataset.remove_columns(list(TOKEN_COLUMNS)), tokenizer)
 
 
-def test_tokenizing_shows_progress_unless_disabled(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def bars_on(monkeypatch):
+    """Bars shown, whatever an in-process recipe run with --disable_tqdm true left behind; restored after."""
+    from dpo_recipes import progress
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    shown = progress._ENABLED[0]
+    progress.set_enabled(True)
+    yield
+    progress.set_enabled(shown)
+
+
+def test_tokenizing_shows_progress_unless_disabled(tmp_path, capsys, monkeypatch, bars_on):
     from dpo_recipes import progress
 
     path = str(write(tmp_path, rows("conversational")))
@@ -149,7 +161,7 @@ def test_tokenizing_shows_progress_unless_disabled(tmp_path, capsys, monkeypatch
     assert "Tokenizing" not in capsys.readouterr().err
 
 
-def test_answering_the_evaluation_prompts_shows_progress(capsys):
+def test_answering_the_evaluation_prompts_shows_progress(capsys, bars_on):
     from dpo_recipes.watch.evaluation import generate_answers
 
     tokenizer = tiny_tokenizer()
