@@ -1,9 +1,10 @@
 """A user-sized run: N preference pairs of real length through `recipes/dpo_lora.py`, timed phase by phase.
 
     python benchmarks/scale.py                          # 20,000 pairs, preset lora-cpu, 2 optimizer steps
-    python benchmarks/scale.py --pairs 400 --steps 1    # what CI runs
-    python benchmarks/scale.py --set per_device_train_batch_size=2 --set gradient_accumulation_steps=1 \
-                               --set gradient_checkpointing=true
+    python benchmarks/scale.py --pairs 20000 --steps 1  # docs/benchmarks.md (a 4 x 8 step of long pairs: ~3 min)
+    python benchmarks/scale.py --pairs 1500 --steps 1 --set per_device_train_batch_size=2 \
+                               --set gradient_accumulation_steps=1 --set activation_checkpointing=true
+CI runs it small through tests/test_scale_benchmark.py (200 pairs, batch 2, max_length 512, one step).
 
 1. Writes a seeded synthetic data set in UltraFeedback-binarized layout (`prompt`, `chosen` / `rejected` as
    conversations, scores): one to three turns, conversations of 80-520 tokens (median ~310) for the model's tokenizer,
