@@ -136,17 +136,7 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
     cap = s.args.max_length or math.inf
     tokenized = all(name in dataset.column_names for name in TOKEN_COLUMNS) and s.trainer == "dpo"
     rows = dataset if tokenized or n <= SAMPLE else dataset.select(sorted(random.Random(0).sample(range(n), SAMPLE)))
-    if tokenized:
-        import pyarrow.compute as pc
-
-        table = dataset.with_format("arrow")
-        prompts, chosen, rejected = (pc.list_value_length(table[name]).to_pylist() for name in TOKEN_COLUMNS)
-        pair_tokens = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
-        two = [min(p + c, cap) + min(p + r, cap) for p, c, r in zip(prompts, chosen, rejected)]
-        completions = [t - 2 * min(p, cap) for t, p in zip(two, prompts)]
-        positions = [t - min(p, cap) for t, p in zip(two, prompts)] if _sharing(s) else two
-        units = n
-    elif "completion" in rows.column_names:  # KTO's unpaired rows: one answer a row
+    if "completion" in rows.column_names and not tokenized:  # KTO's unpaired rows: one answer a row
         prompts = prompt_token_counts(rows["prompt"], tokenizer)
         answers = completion_token_counts([_text(c) for c in rows["completion"]], tokenizer)
         pair_tokens = [p + c for p, c in zip(prompts, answers)]
@@ -154,10 +144,16 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
         completions = [min(p + c, cap) - min(p, cap) for p, c in zip(prompts, answers)]
         units = n
     else:
-        tools = rows["tools"] if "tools" in rows.column_names else None
-        prompts = trainer_prompt_lengths(rows["prompt"], rows["chosen"], rows["rejected"], tokenizer, tools)
-        chosen = completion_token_counts([_text(c) for c in rows["chosen"]], tokenizer)
-        rejected = completion_token_counts([_text(r) for r in rows["rejected"]], tokenizer)
+        if tokenized:  # the data layer's ids: TRL's own lengths for every pair, no tokenizing
+            import pyarrow.compute as pc
+
+            table = dataset.with_format("arrow")
+            prompts, chosen, rejected = (pc.list_value_length(table[name]).to_pylist() for name in TOKEN_COLUMNS)
+        else:
+            tools = rows["tools"] if "tools" in rows.column_names else None
+            prompts = trainer_prompt_lengths(rows["prompt"], rows["chosen"], rows["rejected"], tokenizer, tools)
+            chosen = completion_token_counts([_text(c) for c in rows["chosen"]], tokenizer)
+            rejected = completion_token_counts([_text(r) for r in rows["rejected"]], tokenizer)
         pair_tokens = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]
         two = [min(p + c, cap) + min(p + r, cap) for p, c, r in zip(prompts, chosen, rejected)]
         completions = [t - 2 * min(p, cap) for t, p in zip(two, prompts)]
