@@ -154,7 +154,8 @@ def _with_eos(text: str, eos: str) -> str:
 
 
 # Han, kana, Hangul and their compatibility/extension blocks: scripts written without spaces, a character a word.
-_CJK = re.compile(r"[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]")
+CJK_RANGES = r"\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff"  # a char class body
+_CJK = re.compile(f"[{CJK_RANGES}]")
 # A CJK character counts as this many characters in the length rules (min_chosen_chars, ...). Calibrated on
 # LLaMA-Factory's parallel demos (300 pairs each): the 50/20 minimums drop 28 English pairs; counted as plain
 # characters they drop 53 Chinese ones, weighted x2 33, x3 24 (x4 24). English runs ~4.8 characters a token, Chinese

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from rapidfuzz import fuzz
 
+from dpo_recipes.data.lengths import CJK_RANGES
 from dpo_recipes.errors import DPORecipesError
 from dpo_recipes.progress import bar
 from dpo_recipes.jsonio import write_json_atomic
@@ -81,11 +82,8 @@ def mentions(text: str, name: str) -> bool:
 
 # A unit of text for the loop check: one CJK character (Han, kana, Hangul: scripts written without spaces), or one
 # run of letters and digits in any other script; punctuation and spaces separate units and are not units.
-_UNIT = re.compile(r"[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]"
-                   r"|[^\W_\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff]+")
-
-
-_UNIT_CJK = re.compile(r"[\u1100-\u11ff\u2e80-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003ffff]")
+_UNIT_CJK = re.compile(f"[{CJK_RANGES}]")
+_UNIT = re.compile(f"[{CJK_RANGES}]|[^\\W_{CJK_RANGES}]+")
 _SYMBOL_RUN = re.compile(r"([^\w\s.\-=_*#~])\1{4,}")
 
 
