@@ -160,8 +160,7 @@ def precheck_output_dir(recipe: str, recipe_args, training_args, model_args, mod
     `plan_output_dir` decides the rest (the data's fingerprint) once the data is read."""
     set_stage("checking the output folder", output_dir=training_args.output_dir)
     out = Path(training_args.output_dir)
-    if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
-        raise DPORecipesError(f"--output_dir {out} is the model folder itself; pass another --output_dir.")
+    _refuse_settings(out, recipe_args, training_args, model_path)
     if out.exists() and not out.is_dir():
         raise DPORecipesError(f"--output_dir {out} is a file; pass a folder.")
     existing = next((p for p in (out, *out.resolve().parents) if p.exists()), None)
@@ -170,6 +169,15 @@ def precheck_output_dir(recipe: str, recipe_args, training_args, model_args, mod
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise DPORecipesError(f"--output_dir {out}: {'the folder' if existing == out else existing} is not writable "
                               "by this user.")
+    if (out / RUN_RECORD).is_file() and not recipe_args.overwrite_output_dir:
+        record = run_record(recipe, recipe_args, training_args, model_args, model_path, None)
+        _refuse_another_run(out, _differences(_read_record(out / RUN_RECORD, out), record))
+
+
+def _refuse_settings(out: Path, recipe_args, training_args, model_path: str) -> None:
+    """The output folder's refusals that follow from the settings alone (before and after the data is read)."""
+    if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
+        raise DPORecipesError(f"--output_dir {out} is the model folder itself; pass another --output_dir.")
     if recipe_args.overwrite_output_dir and out.is_dir() and not (out / RUN_RECORD).is_file() \
             and any(out.iterdir()):
         raise DPORecipesError(f"--overwrite_output_dir: {out} holds no {RUN_RECORD}, so nothing in it is known to be "
@@ -177,13 +185,13 @@ def precheck_output_dir(recipe: str, recipe_args, training_args, model_args, mod
     if training_args.resume_from_checkpoint and recipe_args.overwrite_output_dir:
         raise DPORecipesError("--resume_from_checkpoint continues a run and --overwrite_output_dir starts one afresh: "
                               "pass one of them.")
-    if (out / RUN_RECORD).is_file() and not recipe_args.overwrite_output_dir:
-        record = run_record(recipe, recipe_args, training_args, model_args, model_path, None)
-        diffs = _differences(_read_record(out / RUN_RECORD, out), record)
-        if diffs:
-            raise DPORecipesError(f"{out} holds another run (differs in: {'; '.join(diffs[:4])}"
-                                  f"{'; ...' if len(diffs) > 4 else ''}); resuming it would continue that run's "
-                                  f"model. {_start_fresh_hint(out)}")
+
+
+def _refuse_another_run(out: Path, diffs: list[str]) -> None:
+    if diffs:
+        raise DPORecipesError(f"{out} holds another run (differs in: {'; '.join(diffs[:4])}"
+                              f"{'; ...' if len(diffs) > 4 else ''}); resuming it would continue that run's "
+                              f"model. {_start_fresh_hint(out)}")
 
 
 def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_path: str, data,
@@ -197,17 +205,9 @@ def plan_output_dir(recipe: str, recipe_args, training_args, model_args, model_p
     """
     set_stage("checking the output folder", output_dir=training_args.output_dir)
     out = Path(training_args.output_dir)
-    if Path(model_path).exists() and out.resolve() == Path(model_path).resolve():
-        raise DPORecipesError(f"--output_dir {out} is the model folder itself; pass another --output_dir.")
+    _refuse_settings(out, recipe_args, training_args, model_path)
     _check_writable(out)
-    if recipe_args.overwrite_output_dir and out.is_dir() and not (out / RUN_RECORD).is_file() \
-            and any(out.iterdir()):
-        raise DPORecipesError(f"--overwrite_output_dir: {out} holds no {RUN_RECORD}, so nothing in it is known to be "
-                              "a run's output and nothing is removed; pass a new --output_dir.")
     requested = training_args.resume_from_checkpoint
-    if requested and recipe_args.overwrite_output_dir:
-        raise DPORecipesError("--resume_from_checkpoint continues a run and --overwrite_output_dir starts one afresh: "
-                              "pass one of them.")
     record = run_record(recipe, recipe_args, training_args, model_args, model_path, data.dataset)
     plan = RunPlan(out, record)
     total_steps = planned_steps(training_args, len(data.dataset) * rows_per_pair)
@@ -285,11 +285,7 @@ def _requested_checkpoint(requested: str, out: Path, record: dict) -> str:
 def _plan_existing(plan: RunPlan, total_steps: int, checkpoint: str | None, requested: str | None) -> None:
     out, record = plan.output_dir, plan.record
     old = _read_record(out / RUN_RECORD, out)
-    diffs = _differences(old, record)
-    if diffs:
-        raise DPORecipesError(f"{out} holds another run (differs in: {'; '.join(diffs[:4])}"
-                              f"{'; ...' if len(diffs) > 4 else ''}); resuming it would continue that run's "
-                              f"model. {_start_fresh_hint(out)}")
+    _refuse_another_run(out, _differences(old, record))
     finished = old.get("finished_step")
     if finished is not None and total_steps <= finished:  # same length, or shorter: nothing left to train
         plan.finished_step = finished
