@@ -74,6 +74,23 @@ def test_compare_counts_identity_hits_leaks_and_unchanged_answers():
     assert summary["general_identity_leaks_after"] == 1
 
 
+def test_compare_gives_the_identity_rate_per_script_and_counts_looping_identity_answers():
+    prompts = [{"prompt": "Who are you?", "kind": "identity"}, {"prompt": "Name?", "kind": "identity"},
+               {"prompt": "你是谁？", "kind": "identity"}, {"prompt": "你叫什么？", "kind": "identity"},
+               {"prompt": "2+2?", "kind": "general"}]
+    before = score_answers(prompts, ["I am SmolLM.", "An AI.", "我是你。", "你叫什么？", "4."], "Athene")
+    after = score_answers(prompts, ["I am Athene.", "My name is Athene.", "我是Athene。", LOOPS["mixed"], "4."],
+                          "Athene")
+    summary = compare(before, after)
+    assert summary["heldout_identity_rate_after"] == 0.75
+    assert summary["heldout_identity_rate_after_by_script"] == {"other": 1.0, "cjk": 0.5}
+    assert summary["degenerate_identity_answers_after"] == 1 and summary["degenerate_answers_after"] == 1
+    english_only = [p for p in prompts if not p["prompt"].startswith("你")]
+    answers = ["I am Athene.", "An AI.", "4."]
+    assert "heldout_identity_rate_after_by_script" not in compare(score_answers(english_only, answers, "Athene"),
+                                                                  score_answers(english_only, answers, "Athene"))
+
+
 def test_load_eval_prompts_names_file_line_and_field(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "ok", "kind": "general"}\n{"prompt": 3}\n')

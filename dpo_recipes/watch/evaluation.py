@@ -145,6 +145,15 @@ class EvalResult:
     identity_rate: float | None = None
     leaks: list[int] = field(default_factory=list)
     degenerate: list[int] = field(default_factory=list)
+    identity_hits: list[int] = field(default_factory=list)
+
+    def identity_rate_by_script(self) -> dict[str, float]:
+        """The identity rate over prompts written in CJK and over the others ('cjk', 'other'), for each present."""
+        groups: dict[str, list[int]] = {}
+        for i, p in enumerate(self.prompts):
+            if p["kind"] == "identity":
+                groups.setdefault("cjk" if _UNIT_CJK.search(p["prompt"]) else "other", []).append(i)
+        return {script: sum(i in self.identity_hits for i in group) / len(group) for script, group in groups.items()}
 
 
 def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> EvalResult:
@@ -153,10 +162,12 @@ def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> 
     general = [i for i, p in enumerate(prompts) if p["kind"] == "general"]
     rate = None
     degenerate = [i for i in range(len(answers)) if is_degenerate(answers[i])]
-    if name and identity:  # an answer that loops on the name has not learned who it is: not a hit
-        rate = sum(mentions(answers[i], name) and i not in degenerate for i in identity) / len(identity)
+    # an answer that loops on the name has not learned who it is: not a hit
+    hits = [i for i in identity if name and mentions(answers[i], name) and i not in degenerate]
+    if name and identity:
+        rate = len(hits) / len(identity)
     leaks = [i for i in general if name and mentions(answers[i], name)]
-    return EvalResult(prompts, answers, rate, leaks, degenerate)
+    return EvalResult(prompts, answers, rate, leaks, degenerate, hits)
 
 
 def compare(before: EvalResult, after: EvalResult) -> dict:
@@ -166,12 +177,16 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
     return {
         "heldout_identity_rate_before": before.identity_rate,
         "heldout_identity_rate_after": after.identity_rate,
+        # per script when the identity prompts mix them (the default run asks in English and in Chinese)
+        **({"heldout_identity_rate_after_by_script": after.identity_rate_by_script()}
+           if after.identity_rate is not None and len(after.identity_rate_by_script()) > 1 else {}),
         "general_unchanged_rate": len(unchanged) / len(general) if general else None,
         "general_identical_rate": (sum(before.answers[i] == after.answers[i] for i in general) / len(general)
                                    if general else None),
         "general_identity_leaks_after": len(after.leaks),
         "degenerate_answers_before": len(before.degenerate),
         "degenerate_answers_after": len(after.degenerate),
+        "degenerate_identity_answers_after": sum(before.prompts[i]["kind"] == "identity" for i in after.degenerate),
         "n_identity_prompts": sum(p["kind"] == "identity" for p in before.prompts),
         "n_general_prompts": len(general),
     }
