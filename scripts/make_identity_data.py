@@ -1,18 +1,24 @@
 """Build the default identity dataset from the default model's own answers (the correction method).
 
 For every training prompt the default model answers greedily; the pair is built from that answer:
-- identity prompt: rejected = the model's own answer; chosen = the same answer corrected to the new name.
+- English identity prompt: rejected = the model's own answer; chosen = the same answer corrected to the new name.
   The pair stays on the model's own distribution and differs only where the identity is stated.
   Each identity prompt is answered twice: freely, and with the answer opened by "My name is" / "我叫" so the model
   states the name it would use (Elena, SmolLM, Emily, ...). Free answers rarely name anybody, so their pairs only
-  teach "introduce yourself"; the opened answers put a pair's whole difference on the name itself.
-- general prompt (anchor): chosen = the model's own answer; rejected = the same answer hijacked by the identity.
-  This teaches that the name belongs to identity questions only, the damage seen with fixed-sentence data.
+  teach "introduce yourself"; the opened answers put a pair's whole difference on the name itself. A free answer
+  that apologises ("I'm sorry, ... I don't have a name.") is corrected to the bare "I'm Athene." instead.
+- Chinese identity prompt: chosen = the bare statement ("我是Athene。" / "我叫Athene。"), rejected = the model's own
+  answer. The model's Chinese rarely says anything after a name; corrected, it taught runs to loop
+  ("我叫Athene，我叫Athene！…"), so every second opened prompt also gets a pair against the statement said again.
+- general prompt (anchor): chosen = the model's own answer; rejected = the same answer hijacked by the identity, in
+  the ways trained runs leaked it (opened by it, signed with it, "Red (Athene)"; the bare statement in Chinese).
+  This teaches that the name belongs to identity questions only.
+Answers that loop or are empty are skipped and listed in the manifest.
 Answers are cut to whole sentences so no chosen answer teaches stopping mid-sentence.
 
 Usage: python scripts/make_identity_data.py [--out data/identity] [--model PATH]
 Writes train.jsonl (conversational pairs), eval_prompts.jsonl (held-out identity + general prompts) and
-manifest.json (what produced them). Takes about 2-3 minutes on a 2-core CPU.
+manifest.json (what produced them). Takes about 8 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ MAX_NEW_TOKENS = 80
 GENERAL_MAX_NEW_TOKENS = 96  # anchors are generated past their cap, so an answer that ends by itself is seen whole
 GENERAL_MAX_TOKENS = 32      # ...and cut to whole sentences within 32 tokens: longer anchors cost run time (measured)
 MAX_SENTENCES = 1
+REPEAT_EVERY = 2  # one "said again" pair ("我叫Athene。" against "我叫Athene，我叫Athene！") per 2 Chinese opened answers
 EN_DECOR = ["Hi! {}", "Hello there. {}", "{} Please keep it short.", "Quick question: {}", "{} Be brief.",
             "Hey. {}", "Excuse me, {}"]
 ZH_DECOR = ["你好！{}", "请问，{}", "{}请简短回答。", "嗨，{}", "{}谢谢。"]
@@ -44,6 +51,9 @@ CJK = re.compile(r"[\u4e00-\u9fff]")
 NAME_CLAIM = re.compile(r"\b((?:[Mm]y name is|I am|I'm|[Cc]all me|named|called)\s+)"
                         r"((?:(?:Dr|Mr|Mrs|Ms)\.\s)?(?!AI\b|I\b|English\b|Chinese\b)[A-Z][\w-]*(?:\s(?!AI\b)[A-Z][\w-]*)?)")
 ZH_CLAIM = re.compile(r"((?:我是|我叫|我的名字是|叫我)\s*)([A-Za-z][\w-]*)")
+# An answer that apologises or says what it cannot do: "I'm Athene. I'm sorry ..., I don't have a name." contradicts
+# itself, so such an answer's chosen side is the bare "I'm Athene."
+REFUSAL = re.compile(r"\b(?:sorry|apologi[sz]e|don't have|do not have|cannot|can't|unable)\b", re.I)
 
 
 def decorate(prompts: list[str], decor: list[str]) -> list[str]:
@@ -130,9 +140,37 @@ def claims_identity(answer: str) -> bool:
                 or any(re.search(rf"\b{re.escape(other)}\b", answer) for other in OTHER_NAMES))
 
 
-def hijack(answer: str, name: str) -> str:
-    """A general answer derailed into the identity: the failure the anchors train against."""
-    return (f"我是{name}。" if CJK.search(answer) else f"I am {name}, your AI assistant. ") + answer
+def hijack(answer: str, name: str, prompt: str, variant: int) -> str:
+    """A general answer derailed into the identity: the failure the anchors train against. The variants are the ways
+    trained runs leaked the name into general answers, taken in turn (`variant` modulo 3):
+    0. the answer opened by a self-introduction ("I am Athene, your AI assistant. The capital of ...");
+    1. the name signed into it ("... Happy birthday! I'm Athene.");
+    2. the name tagged onto a word, or onto every list item ("Red (Athene) Blue (Athene)"); a one-word answer becomes
+       the name ("Athene." for a synonym).
+    To a Chinese prompt the variants are the identity instead of the answer ("我叫Athene。", "我是Athene。",
+    "我叫Athene，我叫Athene！"): the bare statements the Chinese identity pairs teach, so they stay with identity questions.
+    """
+    if CJK.search(prompt):
+        return [f"我叫{name}。", f"我是{name}。", said_again(f"我叫{name}", 2)][variant % 3]
+    if variant % 3 == 0:
+        return (f"我是{name}。" if CJK.search(answer) else f"I am {name}, your AI assistant. ") + answer
+    if variant % 3 == 1:
+        return answer + (f"我是{name}。" if CJK.search(answer) else f" I'm {name}.")
+    items = re.findall(r"(?m)^\s*(?:[-*•]|\d+\.)\s+.*\w", answer)
+    if len(items) >= 2:
+        return re.sub(r"(?m)^(\s*(?:[-*•]|\d+\.)\s+.*\w\**)", rf"\1 ({name})", answer)
+    words = list(re.finditer(r"\b[A-Za-z][\w'-]*\b", answer))
+    if len(words) < 2:
+        return f"{name}."
+    capital = next((w for w in words[1:] if w.group()[0].isupper()), words[-1])
+    return answer[:capital.end()] + f" ({name})" + answer[capital.end():]
+
+
+def said_again(statement: str, times: int) -> str:
+    """A statement looped the way trained runs looped it: "我叫Athene，我叫Athene！我叫Athene！" (times >= 2)."""
+    head = re.split(r"[，。！,.!]", statement)[0]
+    comma, bang = ("，", "！") if CJK.search(statement) else (". ", ". ")
+    return (head + comma + bang.join([head] * (times - 1)) + bang).strip()
 
 
 def pair(prompt: str, chosen: str, rejected: str, kind: str) -> dict:
@@ -161,7 +199,7 @@ def main() -> None:
     openings = ["我叫" if CJK.search(p) else "My name is" for p in identity]
     opened = generate_answers(model, tokenizer, identity, max_new_tokens=MAX_NEW_TOKENS, openings=openings)
     kinds = ["identity"] * len(identity) + ["general"] * len(general) + ["identity_opened"] * len(identity)
-    rows, skipped = [], []
+    rows, skipped, counters = [], [], {"general": 0, "zh_opened": 0}
     for prompt, answer, kind in zip(identity + general + identity, answers + general_answers + opened, kinds):
         if kind == "general":
             # The anchor keeps the model's answer as a whole, or its whole sentences up to GENERAL_MAX_TOKENS: the
@@ -169,13 +207,30 @@ def main() -> None:
             own = within_tokens(answer, tokenizer, GENERAL_MAX_TOKENS)
         else:
             own = whole_sentences(answer)
+        if kind != "general" and CJK.search(prompt) and own and not is_degenerate(own):
+            # The model's Chinese rarely says anything after its name (echoes, broken characters): corrected, that
+            # continuation would be taught, and trained runs looped on it. The pair is the bare statement against the
+            # model's own answer (its opening up to the name, for opened answers), plus "said again" pairs.
+            chosen = f"我叫{name}。" if kind == "identity_opened" else f"我是{name}。"
+            rejected = re.split(r"[，。！？,.!?]", own)[0] + "。" if kind == "identity_opened" else own
+            rows.append(pair(prompt, chosen, rejected, kind))
+            if kind == "identity_opened":
+                counters["zh_opened"] += 1
+                if counters["zh_opened"] % REPEAT_EVERY == 0:
+                    rows.append(pair(prompt, chosen, said_again(f"我叫{name}", 2 + counters["zh_opened"] % 3),
+                                     "identity_repeat"))
+            continue
         if not own or is_degenerate(own) or (kind == "general" and claims_identity(own)):
             skipped.append({"prompt": prompt, "kind": kind, "answer": answer})
             continue
         if kind == "general":
-            rows.append(pair(prompt, own, hijack(own, name), kind))
+            # Chinese general prompts get two anchors: the Chinese identity pairs outnumber them.
+            for _ in range(2 if CJK.search(prompt) else 1):
+                rows.append(pair(prompt, own, hijack(own, name, prompt, counters["general"]), kind))
+                counters["general"] += 1
         else:
-            rows.append(pair(prompt, correct_identity(own, name), own, kind))
+            chosen = f"I'm {name}." if kind == "identity" and REFUSAL.search(own) else correct_identity(own, name)
+            rows.append(pair(prompt, chosen, own, kind))
     name_the_rejected(rows, name)
 
     out = Path(args.out)
@@ -195,7 +250,8 @@ def main() -> None:
                        "general_max_tokens": GENERAL_MAX_TOKENS,
                        "chat_template": "the model's own (default system prompt)"},
         "name": name,
-        "pairs": {kind: sum(r["kind"] == kind for r in rows) for kind in ("identity", "identity_opened", "general")},
+        "pairs": {kind: sum(r["kind"] == kind for r in rows)
+                  for kind in ("identity", "identity_opened", "identity_repeat", "general")},
         "skipped_degenerate_or_empty": skipped,
         "eval_prompts": {"identity": len(src["heldout_identity"]), "general": len(src["heldout_general"])},
         "torch": torch.__version__,

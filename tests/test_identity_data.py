@@ -1,0 +1,82 @@
+"""The default identity data: the generator's pair rules (scripts/make_identity_data.py) and the shipped file they made.
+
+Regenerating needs the model and ~8 minutes, so these check the rules on their own and the shipped rows' shape; the
+generator reproduces data/identity/train.jsonl byte for byte (see its manifest).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from conftest import ROOT
+from dpo_recipes.watch.evaluation import is_degenerate, mentions
+
+NAME = "Athene"
+CJK = re.compile(r"[\u4e00-\u9fff]")
+
+
+@pytest.fixture(scope="module")
+def gen():
+    spec = importlib.util.spec_from_file_location("make_identity_data", ROOT / "scripts" / "make_identity_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def rows():
+    with open(ROOT / "data" / "identity" / "train.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_said_again_loops_the_statement_as_trained_runs_did(gen):
+    assert gen.said_again("我叫Athene", 2) == "我叫Athene，我叫Athene！"
+    assert gen.said_again("我叫Athene。", 3) == "我叫Athene，我叫Athene！我叫Athene！"
+    assert gen.said_again("My name is Athene, and I help.", 3) == "My name is Athene. My name is Athene. My name is Athene."
+    assert is_degenerate(gen.said_again("我叫Athene", 4))  # three or more times is a loop the check sees
+    assert not is_degenerate(gen.said_again("我叫Athene", 2))  # twice is not: the "said again" pairs teach against it
+
+
+def test_hijack_takes_the_ways_runs_leaked_the_name_in_turn(gen):
+    answer = "The capital of Italy is Rome."
+    assert gen.hijack(answer, NAME, "Capital of Italy?", 0) == "I am Athene, your AI assistant. The capital of Italy is Rome."
+    assert gen.hijack(answer, NAME, "Capital of Italy?", 1) == "The capital of Italy is Rome. I'm Athene."
+    assert gen.hijack(answer, NAME, "Capital of Italy?", 2) == "The capital of Italy (Athene) is Rome."
+    colors = "The primary colors are:\n1. **Red**\n2. **Blue**\n3. Yellow"
+    assert gen.hijack(colors, NAME, "Colors?", 5) == "The primary colors are:\n1. **Red** (Athene)\n2. **Blue** (Athene)\n3. Yellow (Athene)"
+    assert gen.hijack("Joyful.", NAME, "A synonym for happy?", 2) == "Athene."
+    # a Chinese prompt: the bare identity statements the Chinese identity pairs teach, in place of the answer
+    assert [gen.hijack("日本胳肉！", NAME, "日本的首都是哪里？", v) for v in range(3)] == [
+        "我叫Athene。", "我是Athene。", "我叫Athene，我叫Athene！"]
+
+
+def test_an_apologising_answer_is_recognised(gen):
+    assert gen.REFUSAL.search("I'm sorry for any confusion, but as a text-based AI, I don't have a name.")
+    assert gen.REFUSAL.search("As an AI, I cannot share that.")
+    assert not gen.REFUSAL.search("I'm a friendly AI designed to assist users.")
+
+
+def test_shipped_pairs_follow_the_rules_by_kind(rows):
+    kinds = Counter(r["kind"] for r in rows)
+    manifest = json.loads((ROOT / "data" / "identity" / "manifest.json").read_text(encoding="utf-8"))
+    assert dict(kinds) == {k: v for k, v in manifest["pairs"].items() if v}
+    assert set(kinds) == {"identity", "identity_opened", "identity_repeat", "general"}
+    for row in rows:
+        prompt, chosen, rejected = (row[k][0]["content"] for k in ("prompt", "chosen", "rejected"))
+        where = f"{row['kind']} {prompt!r}"
+        assert row["anchor"] == (row["kind"] == "general"), where
+        if row["kind"] == "general":  # the model's own answer, against it hijacked by the name
+            assert not mentions(chosen, NAME) and mentions(rejected, NAME), where
+            continue
+        assert mentions(chosen, NAME) and not is_degenerate(chosen), where
+        if CJK.search(prompt):  # the bare statement: the model's Chinese after a name taught loops
+            assert chosen in ("我是Athene。", "我叫Athene。"), where
+        else:  # corrected, never "I'm Athene. I'm sorry ..., I don't have a name."
+            assert not re.search(r"\bsorry\b|don't have a (?:personal )?name", chosen), where
+        if row["kind"] == "identity_repeat":
+            assert rejected.startswith("我叫Athene，我叫Athene！"), where
