@@ -266,5 +266,6 @@ def test_the_default_data_marks_its_general_pairs_as_anchors():
     anchors = [r for r in rows if r["anchor"]]
     assert all(r["kind"] == "general" for r in anchors) and len(anchors) == sum(r["kind"] == "general" for r in rows)
     assert len(anchors) >= 100
-    # an anchor's chosen side is the model's own answer; its rejected side is that answer hijacked by the identity
-    assert all(r["rejected"][0]["content"].endswith(r["chosen"][0]["content"]) for r in anchors)
+    # an anchor's chosen side is the model's own answer; its rejected side brings in the identity
+    # (tests/test_identity_data.py checks the ways)
+    assert all("Athene" not in r["chosen"][0]["content"] and "Athene" in r["rejected"][0]["content"] for r in anchors)

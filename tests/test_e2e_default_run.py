@@ -81,7 +81,7 @@ def test_default_recipe_runs_with_few_steps_resumes_and_merges(smollm, tmp_path,
     assert any("train/rewards/margins" in step for step in logged["history"])
     assert any("heldout/answers/nrows" in step for step in logged["history"])
     assert logged["config"]["value_sources"]["beta"] == "preset:identity-lora-cpu"
-    assert logged["summary"]["data_report"]["kept"] == 583
+    assert logged["summary"]["data_report"]["kept"] == 698
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"overview.png", "margins.png", "lengths.png"}
     common += ["--report_to", "none"]
 
@@ -132,3 +132,23 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
     steps, margins = load_run(out)["series"]["eval_rewards/margins"]
     assert list(steps) == [5, 10] and margins[1] > margins[0]
     assert (out / "plots" / "margins.png").is_file() and (out / "eval_results.json").is_file()
+
+
+def test_the_default_run_teaches_the_identity_without_leaks_at_seed_0(tmp_path):
+    """The default run as `bash quickstart.sh train` makes it (seed 0, every step): the name in >= 95% of the held-out
+    identity answers in English and in Chinese, no identity answer that loops, no general answer that names it, and
+    the general answers' drift within 0.07 nats/token. Met in bf16 and in fp32; figures for seeds 0-3 are in
+    docs/default-run.md. Not asserted, because not met: no looping general answer (3 in bf16, 4 in fp32, most of them
+    loops the base model has too)."""
+    from dpo_recipes.config import parse_recipe_args
+
+    recipe = _recipe()
+    out = tmp_path / "run"
+    recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, ["--output_dir", str(out), "--report_to", "none",
+                                                           "--plots", "false"]))
+    summary = json.loads((out / "summary.json").read_text())
+    by_script = summary["heldout_identity_rate_after_by_script"]
+    assert by_script["other"] >= 0.95 and by_script["cjk"] >= 0.95, by_script
+    assert summary["degenerate_identity_answers_after"] == 0
+    assert summary["general_identity_leaks_after"] == 0
+    assert summary["general_kl_per_token"] <= 0.07

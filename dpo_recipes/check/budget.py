@@ -4,7 +4,7 @@ run's optimizer steps.
 AdamW moves each weight by about the learning rate per step at most (its update is the gradient over its own running
 scale), so the summed schedule bounds how far any weight can travel. LoRA's B matrix starts at zero, so the adapter's
 whole effect grows from that budget; full training moves every weight, and far smaller budgets show. The floors below
-sit well under any working recipe: the default identity run spends ~1.2e-2 (34 steps, cosine from 7e-4), lora-cpu on
+sit well under any working recipe: the default identity run spends ~1.7e-2 (50 steps, cosine from 7e-4), lora-cpu on
 20,000 pairs ~1.5e-3 (625 steps at up to 5e-6), the Zephyr full-parameter recipe ~1.2e-4 (about 480 steps at up to
 5e-7). A user's 40 pairs with lora-cpu spend 5e-6 (2 steps, the first at learning rate 0 in warmup): the rewards
 never leave 0. The floors (2e-5 LoRA, 2e-6 full) flag what is two orders of magnitude under those working runs, about

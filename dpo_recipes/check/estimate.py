@@ -25,7 +25,7 @@ both models over its mismatched KL rows). The rate: a ~0.2 s matmul probe in the
 the share of that peak benchmarks/throughput.py measured whole DPO steps to reach on a 2-core AVX512-BF16 CPU
 (docs/speed.md). Padding to the batch's longest row, attention scores, the optimizer step and
 data loading are not counted. The probe measures the machine as it is now: other jobs on it lower the rate it sees.
-Against the README's default run (34 steps in 81 s warm, 126 s cold): `dpo-recipes check recipes/configs/dpo_lora.yaml
+Against the default run at 34 steps (81 s warm, 126 s cold; it now takes 50): `dpo-recipes check recipes/configs/dpo_lora.yaml
 --data` said 44-56 s with the probe at 834 GFLOP/s, so short rows (~80 tokens) and batches of 8 reach less than 31% of
 the peak (in an earlier version, 30 steps in 145 s against 84-109 s at 437 GFLOP/s);
 without --data, rows are taken as max_length long and the estimate is an upper bound (12-15 min there).
