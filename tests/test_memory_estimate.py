@@ -56,7 +56,7 @@ def test_the_estimate_is_within_a_quarter_of_the_measured_peak_on_long_pairs(lon
     assert 0.75 <= measured / estimate_gb(args, data.dataset, tokenizer) <= 1.25
 
 
-@pytest.mark.parametrize(("flags", "measured"), [([], 3.38), (["--activation_checkpointing", "true"], 3.27)])
+@pytest.mark.parametrize(("flags", "measured"), [([], 3.65), (["--activation_checkpointing", "true"], 3.05)])
 def test_the_estimate_is_within_a_quarter_of_the_default_runs_peak(flags, measured, tmp_path):
     args = parse_recipe_args(default_config(str(ROOT / "recipes" / "dpo_lora.py"), "dpo_lora.yaml"),
                              ["--output_dir", str(tmp_path), "--bf16", "true", *flags])

@@ -276,7 +276,8 @@ def activation_bytes(s, facts: dict, out: dict, layout: dict, full: bool, adapte
       the lowest up), LAYER_BYTES x hidden (LoRA adds the 16-bit copy of each adapted projection's input that
       autocast makes for the adapter); with gradient checkpointing, only each layer's fp32 input and one layer's
       full set during its recomputation;
-    - per scored position (the LM head's and the loss's vocabulary-wide tensors), HEAD_BYTES x vocabulary; ORPO
+    - per scored position (the LM head's and the loss's vocabulary-wide tensors), HEAD_BYTES x vocabulary: the batch
+      times the longest pair's answers, or the batch's positions times the data's mean answer share if more; ORPO
       and CPO score every position.
     Fitted on peak RSS of SmolLM2-135M on this project's 2-core CPU (benchmarks/scale.py, docs/benchmarks.md).
     """
@@ -294,7 +295,12 @@ def activation_bytes(s, facts: dict, out: dict, layout: dict, full: bool, adapte
         per_position = kept * h * 4 + layer
     else:
         per_position = kept * layer
-    return tokens * per_position + tokens * scored_share * HEAD_BYTES[precision] * vocab
+    scored = tokens * scored_share
+    if layout.get("completions_max") and s.trainer not in ("orpo", "cpo"):
+        # the batch's longest answers, not the mean share: data whose answers are mostly short (the default run's bare
+        # statements) still has a batch of long ones, and the head's tensors pad to them (measured: 1.26x under)
+        scored = max(scored, a.per_device_train_batch_size * layout["completions_max"])
+    return tokens * per_position + scored * HEAD_BYTES[precision] * vocab
 
 
 def device_memory_gb(on_cpu: bool) -> float | None:

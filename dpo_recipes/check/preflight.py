@@ -120,7 +120,8 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
 
     `pair_tokens`: prompt + longer answer per pair (what max_length must hold); `positions` / `completions`: mean token
     positions the model runs / the LM head scores per pair (KTO: per row), capped at max_length, padding not counted;
-    `positions_max`: the most a pair runs (a batch pads to its longest pair: the memory peak); `units`: pairs (KTO:
+    `positions_max` / `completions_max`: the most a pair runs / scores (a batch pads to its longest pair: the memory
+    peak); `units`: pairs (KTO:
     rows) in the data; `steps`: optimizer steps the run makes on them. Pairs the data layer tokenized (their
     `prompt_ids` / `chosen_ids` / `rejected_ids`) are all measured from those ids, with no tokenizing."""
     import random
@@ -165,7 +166,8 @@ def data_layout(dataset, tokenizer, s: Setup) -> dict:
 
     return {"pair_tokens": pair_tokens, "positions": statistics.fmean(positions) if positions else 0,
             "positions_max": max(positions, default=0),
-            "completions": statistics.fmean(completions) if completions else 0, "units": units,
+            "completions": statistics.fmean(completions) if completions else 0,
+            "completions_max": max(completions, default=0), "units": units,
             "sampled": len(rows), "steps": planned_steps(s.args, units) if units else 0}
 
 
