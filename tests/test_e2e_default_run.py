@@ -127,8 +127,10 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
         "--eval_fraction", "0.1", "--eval_strategy", "steps", "--eval_steps", "5", "--max_steps", "10",
         "--output_dir", str(out), "--eval_prompts_file", "", "--report_to", "none"]))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["eval"]["rows"] == 59 and summary["eval"]["step"] == 10
-    assert summary["eval"]["rewards/accuracies"] > 0.8 and summary["eval"]["rewards/margins"] > 1
+    assert summary["eval"]["rows"] == 71 and summary["eval"]["step"] == 10
+    # 10 of the run's 50 steps, and about a third of the held-out pairs are anchors the anchor term holds at the base:
+    # measured 0.67 and 0.81 (0.54 at step 5)
+    assert summary["eval"]["rewards/accuracies"] > 0.6 and summary["eval"]["rewards/margins"] > 0.5
     steps, margins = load_run(out)["series"]["eval_rewards/margins"]
     assert list(steps) == [5, 10] and margins[1] > margins[0]
     assert (out / "plots" / "margins.png").is_file() and (out / "eval_results.json").is_file()
@@ -137,15 +139,16 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
 def test_the_default_run_teaches_the_identity_without_leaks_at_seed_0(tmp_path):
     """The default run as `bash quickstart.sh train` makes it (seed 0, every step): the name in >= 95% of the held-out
     identity answers in English and in Chinese, no identity answer that loops, no general answer that names it, and
-    the general answers' drift within 0.07 nats/token. Met in bf16 and in fp32; figures for seeds 0-3 are in
-    docs/default-run.md. Not asserted, because not met: no looping general answer (3 in bf16, 4 in fp32, most of them
-    loops the base model has too)."""
+    the general answers' drift within 0.07 nats/token. Met in bf16 and in fp32; the test runs fp32, the precision a
+    CPU without AVX512-BF16 runs the default in, so machines of either kind run the same arithmetic. Figures for
+    seeds 0-3 are in docs/default-run.md. Not asserted, because not met: no looping general answer (3 in bf16, 4 in fp32, most
+    of them loops the base model has too)."""
     from dpo_recipes.config import parse_recipe_args
 
     recipe = _recipe()
     out = tmp_path / "run"
     recipe.main(*parse_recipe_args(recipe.DEFAULT_CONFIG, ["--output_dir", str(out), "--report_to", "none",
-                                                           "--plots", "false"]))
+                                                           "--plots", "false", "--bf16", "false"]))
     summary = json.loads((out / "summary.json").read_text())
     by_script = summary["heldout_identity_rate_after_by_script"]
     assert by_script["other"] >= 0.95 and by_script["cjk"] >= 0.95, by_script

@@ -297,8 +297,7 @@ def activation_bytes(s, facts: dict, out: dict, layout: dict, full: bool, adapte
         per_position = kept * layer
     scored = tokens * scored_share
     if layout.get("completions_max") and s.trainer not in ("orpo", "cpo"):
-        # the batch's longest answers, not the mean share: data whose answers are mostly short (the default run's bare
-        # statements) still has a batch of long ones, and the head's tensors pad to them (measured: 1.26x under)
+        # the longest answers, not the mean share: mostly short answers still batch with long ones (default run)
         scored = max(scored, a.per_device_train_batch_size * layout["completions_max"])
     return tokens * per_position + scored * HEAD_BYTES[precision] * vocab
 
