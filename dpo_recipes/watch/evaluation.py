@@ -153,7 +153,8 @@ class EvalResult:
         for i, p in enumerate(self.prompts):
             if p["kind"] == "identity":
                 groups.setdefault("cjk" if _UNIT_CJK.search(p["prompt"]) else "other", []).append(i)
-        return {script: sum(i in self.identity_hits for i in group) / len(group) for script, group in groups.items()}
+        hits = set(self.identity_hits)
+        return {script: len(hits.intersection(group)) / len(group) for script, group in groups.items()}
 
 
 def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> EvalResult:
@@ -174,12 +175,12 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
     """Summary figures of a before/after pair, as they go into summary.json."""
     general = [i for i, p in enumerate(before.prompts) if p["kind"] == "general"]
     unchanged = [i for i in general if same_substance(before.answers[i], after.answers[i])]
+    by_script = after.identity_rate_by_script() if after.identity_rate is not None else {}
     return {
         "heldout_identity_rate_before": before.identity_rate,
         "heldout_identity_rate_after": after.identity_rate,
         # per script when the identity prompts mix them (the default run asks in English and in Chinese)
-        **({"heldout_identity_rate_after_by_script": after.identity_rate_by_script()}
-           if after.identity_rate is not None and len(after.identity_rate_by_script()) > 1 else {}),
+        **({"heldout_identity_rate_after_by_script": by_script} if len(by_script) > 1 else {}),
         "general_unchanged_rate": len(unchanged) / len(general) if general else None,
         "general_identical_rate": (sum(before.answers[i] == after.answers[i] for i in general) / len(general)
                                    if general else None),
