@@ -77,16 +77,17 @@ def test_compare_counts_identity_hits_leaks_and_unchanged_answers():
 def test_compare_gives_the_identity_rate_per_script_and_counts_looping_identity_answers():
     prompts = [{"prompt": "Who are you?", "kind": "identity"}, {"prompt": "Name?", "kind": "identity"},
                {"prompt": "你是谁？", "kind": "identity"}, {"prompt": "你叫什么？", "kind": "identity"},
-               {"prompt": "2+2?", "kind": "general"}]
-    before = score_answers(prompts, ["I am SmolLM.", "An AI.", "我是你。", "你叫什么？", "4."], "Athene")
-    after = score_answers(prompts, ["I am Athene.", "My name is Athene.", "我是Athene。", LOOPS["mixed"], "4."],
-                          "Athene")
+               {"prompt": "Your name?", "kind": "identity"}, {"prompt": "2+2?", "kind": "general"}]
+    before = score_answers(prompts, ["I am SmolLM.", "An AI.", "我是你。", "你叫什么？", "Hi.", "4."], "Athene")
+    after = score_answers(prompts, ["I am Athene.", "My name is Athene.", "我是Athene。", LOOPS["mixed"],
+                                    "I'm Athene.", "4."], "Athene")
     summary = compare(before, after)
-    assert summary["heldout_identity_rate_after"] == 0.75
+    assert summary["heldout_identity_rate_after"] == 0.8
     assert summary["heldout_identity_rate_after_by_script"] == {"other": 1.0, "cjk": 0.5}
+    assert summary["n_identity_prompts_by_script"] == {"other": 3, "cjk": 2}
     assert summary["degenerate_identity_answers_after"] == 1 and summary["degenerate_answers_after"] == 1
     english_only = [p for p in prompts if not p["prompt"].startswith("你")]
-    answers = ["I am Athene.", "An AI.", "4."]
+    answers = ["I am Athene.", "An AI.", "Hi.", "4."]
     assert "heldout_identity_rate_after_by_script" not in compare(score_answers(english_only, answers, "Athene"),
                                                                   score_answers(english_only, answers, "Athene"))
 

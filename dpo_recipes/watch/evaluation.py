@@ -147,14 +147,19 @@ class EvalResult:
     degenerate: list[int] = field(default_factory=list)
     identity_hits: list[int] = field(default_factory=list)
 
-    def identity_rate_by_script(self) -> dict[str, float]:
-        """The identity rate over prompts written in CJK and over the others ('cjk', 'other'), for each present."""
+    def identity_prompts_by_script(self) -> dict[str, list[int]]:
+        """The identity prompts written in CJK and the others ('cjk', 'other'), for each present."""
         groups: dict[str, list[int]] = {}
         for i, p in enumerate(self.prompts):
             if p["kind"] == "identity":
                 groups.setdefault("cjk" if _UNIT_CJK.search(p["prompt"]) else "other", []).append(i)
+        return groups
+
+    def identity_rate_by_script(self) -> dict[str, float]:
+        """The identity rate over prompts written in CJK and over the others ('cjk', 'other'), for each present."""
         hits = set(self.identity_hits)
-        return {script: len(hits.intersection(group)) / len(group) for script, group in groups.items()}
+        return {script: len(hits.intersection(group)) / len(group)
+                for script, group in self.identity_prompts_by_script().items()}
 
 
 def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> EvalResult:
@@ -180,7 +185,9 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
         "heldout_identity_rate_before": before.identity_rate,
         "heldout_identity_rate_after": after.identity_rate,
         # per script when the identity prompts mix them (the default run asks in English and in Chinese)
-        **({"heldout_identity_rate_after_by_script": by_script} if len(by_script) > 1 else {}),
+        **({"heldout_identity_rate_after_by_script": by_script,
+            "n_identity_prompts_by_script": {k: len(v) for k, v in after.identity_prompts_by_script().items()}}
+           if len(by_script) > 1 else {}),
         "general_unchanged_rate": len(unchanged) / len(general) if general else None,
         "general_identical_rate": (sum(before.answers[i] == after.answers[i] for i in general) / len(general)
                                    if general else None),
