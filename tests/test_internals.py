@@ -145,3 +145,13 @@ def test_the_lever_check_reads_the_first_pair_of_the_batch_and_trims_its_padding
     assert pair["ref_chosen_logps"].tolist() == [1.0]
     odd = {**batch, "pixel_values": torch.zeros(5, 3)}  # a layout it does not know: the whole batch
     assert first_pair(odd) is odd
+
+
+def test_the_lever_check_allows_rounding_only_where_some_weight_is_not_float32():
+    from dpo_recipes.train.lever_check import _low_precision
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    assert not _low_precision(model)  # float32 weights: checked in float32, 1e-4 nats/token
+    model[1].weight = torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.uint8), requires_grad=False)  # a 4-bit base
+    assert _low_precision(model)
+    assert _low_precision(torch.nn.Linear(2, 2).to(torch.bfloat16))

@@ -70,9 +70,10 @@ def levers_agree(trainer, model, inputs: dict, levers_on, levers_off) -> tuple[b
     batch's first pair, and the mean |difference| per completion token. Every process takes the same answer."""
     inputs = first_pair(inputs)
     args = trainer.args
-    holder = None if _low_precision(model) or getattr(trainer, "is_fsdp_enabled", False) else _autocast_holder(model)
+    low = _low_precision(model)
+    holder = None if low or getattr(trainer, "is_fsdp_enabled", False) else _autocast_holder(model)
     # float32 arithmetic when the weights are float32 and the run's autocast can be taken off for the check
-    exact = not (args.bf16 or args.fp16 or _low_precision(model)) or holder is not None
+    exact = not (args.bf16 or args.fp16 or low) or holder is not None
     was_training = model.training
     model.eval()  # no dropout: two forwards of the same weights must agree
     try:
@@ -93,10 +94,9 @@ def levers_agree(trainer, model, inputs: dict, levers_on, levers_off) -> tuple[b
 
 
 def _low_precision(model) -> bool:
-    """Whether the weights themselves are not float32 (bf16, fp16, or quantized): the check then runs at their
-    precision and allows its rounding."""
-    parameter = next(model.parameters(), None)
-    return parameter is not None and parameter.dtype != torch.float32
+    """Whether any weight is not float32 (bf16 or fp16 weights, a 4-bit or 8-bit quantized base): the check then
+    runs at the run's precision and allows its rounding."""
+    return any(parameter.dtype != torch.float32 for parameter in model.parameters())
 
 
 def _autocast_holder(model):
