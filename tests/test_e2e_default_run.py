@@ -141,8 +141,8 @@ def test_the_default_run_teaches_the_identity_without_leaks_at_seed_0(tmp_path):
     identity answers in English and in Chinese, no identity answer that loops, no general answer that names it, and
     the general answers' drift within 0.07 nats/token. Met in bf16 and in fp32; the test runs fp32, the precision a
     CPU without AVX512-BF16 runs the default in, so machines of either kind run the same arithmetic. Figures for
-    seeds 0-3 are in docs/default-run.md. Not asserted, because not met: no looping general answer (3 in bf16, 4 in fp32, most
-    of them loops the base model has too)."""
+    seeds 0-3 are in docs/default-run.md. Not asserted, because not met: no looping general answer (4 at seed 0 in
+    bf16 and in fp32, most of them loops the base model has too)."""
     from dpo_recipes.config import parse_recipe_args
 
     recipe = _recipe()

@@ -72,12 +72,12 @@ def levers_agree(trainer, model, inputs: dict, levers_on, levers_off) -> tuple[b
     args = trainer.args
     low = _low_precision(model)
     holder = None if low or getattr(trainer, "is_fsdp_enabled", False) else _autocast_holder(model)
-    # float32 arithmetic when the weights are float32 and the run's autocast can be taken off for the check
-    exact = not (args.bf16 or args.fp16 or low) or holder is not None
+    # float32 arithmetic: a run without autocast on float32 weights, or one whose autocast the check takes off
+    exact = holder is not None or not (args.bf16 or args.fp16 or low)
     was_training = model.training
     model.eval()  # no dropout: two forwards of the same weights must agree
     try:
-        with torch.no_grad(), _without_autocast(model, holder if exact else None):
+        with torch.no_grad(), _without_autocast(model, holder):
             with levers_on():
                 fast, mask = completion_log_probs(model, inputs)
             with levers_off():

@@ -155,12 +155,6 @@ class EvalResult:
                 groups.setdefault("cjk" if _UNIT_CJK.search(p["prompt"]) else "other", []).append(i)
         return groups
 
-    def identity_rate_by_script(self) -> dict[str, float]:
-        """The identity rate over prompts written in CJK and over the others ('cjk', 'other'), for each present."""
-        hits = set(self.identity_hits)
-        return {script: len(hits.intersection(group)) / len(group)
-                for script, group in self.identity_prompts_by_script().items()}
-
 
 def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> EvalResult:
     """Rates for a pass: `prompts` are {'prompt', 'kind'} with kind 'identity' or 'general'."""
@@ -180,13 +174,15 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
     """Summary figures of a before/after pair, as they go into summary.json."""
     general = [i for i, p in enumerate(before.prompts) if p["kind"] == "general"]
     unchanged = [i for i in general if same_substance(before.answers[i], after.answers[i])]
-    by_script = after.identity_rate_by_script() if after.identity_rate is not None else {}
+    groups = after.identity_prompts_by_script() if after.identity_rate is not None else {}
+    hits = set(after.identity_hits)
+    by_script = {script: len(hits.intersection(group)) / len(group) for script, group in groups.items()}
     return {
         "heldout_identity_rate_before": before.identity_rate,
         "heldout_identity_rate_after": after.identity_rate,
         # per script when the identity prompts mix them (the default run asks in English and in Chinese)
         **({"heldout_identity_rate_after_by_script": by_script,
-            "n_identity_prompts_by_script": {k: len(v) for k, v in after.identity_prompts_by_script().items()}}
+            "n_identity_prompts_by_script": {script: len(group) for script, group in groups.items()}}
            if len(by_script) > 1 else {}),
         "general_unchanged_rate": len(unchanged) / len(general) if general else None,
         "general_identical_rate": (sum(before.answers[i] == after.answers[i] for i in general) / len(general)
