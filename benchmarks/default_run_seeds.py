@@ -53,7 +53,8 @@ def row_for(seed: int, run_dir: Path, wall: float) -> tuple[list[str], dict]:
     for script, _ in SCRIPTS:
         cells.append(f"{round(rates[script] * n[script])} / {n[script]}" if n.get(script) else "-")
     cells += [f"{summary['general_identity_leaks_after']} / {summary['n_general_prompts']}",
-              f"{summary['degenerate_answers_before']} → {summary['degenerate_answers_after']}",
+              f"{summary['degenerate_answers_before']} → {summary['degenerate_answers_after']}"
+              + (f" ({summary['degenerate_answers_added']} new)" if "degenerate_answers_added" in summary else ""),
               f"{summary['general_kl_per_token']:.3f}" if summary.get("general_kl_per_token") is not None else "-",
               f"{summary['train_seconds']:.0f} s", f"{wall:.0f} s"]
     return cells, summary
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(own)
 
     header = ["seed", *(title for _, title in SCRIPTS), "general answers naming the identity",
-              "looping answers, before → after", "general KL (nats/token)", "training", "whole command"]
+              "looping answers, before → after (new: loops the run made)", "general KL (nats/token)", "training",
+              "whole command"]
     rows, summary = [], {}
     for seed in args.seeds:
         run_dir = Path(args.out) / f"seed-{seed}"

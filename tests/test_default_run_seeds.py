@@ -15,6 +15,7 @@ SUMMARY = {"heldout_identity_rate_after": 30 / 32,
            "heldout_identity_rate_after_by_script": {"other": 0.95, "cjk": 11 / 12},
            "n_identity_prompts_by_script": {"other": 20, "cjk": 12}, "n_identity_prompts": 32, "n_general_prompts": 24,
            "general_identity_leaks_after": 1, "degenerate_answers_before": 11, "degenerate_answers_after": 2,
+           "degenerate_answers_added": 1,
            "general_kl_per_token": 0.0312, "train_seconds": 101.4, "precision": "bf16",
            "versions": {"torch": "2.13.0+cpu", "trl": "1.16.0", "transformers": "5.23.0"}}
 
@@ -35,7 +36,7 @@ summary["general_identity_leaks_after"] = int(args[args.index("--seed") + 1])
 def test_a_row_counts_identity_hits_per_script_from_the_runs_summary(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(SUMMARY))
     cells, _ = seeds.row_for(3, tmp_path, 212.6)
-    assert cells == ["3", "19 / 20", "11 / 12", "1 / 24", "11 → 2", "0.031", "101 s", "213 s"]
+    assert cells == ["3", "19 / 20", "11 / 12", "1 / 24", "11 → 2 (1 new)", "0.031", "101 s", "213 s"]
 
 
 def test_a_run_asked_in_one_script_fills_the_english_column_only(tmp_path):
@@ -44,6 +45,10 @@ def test_a_run_asked_in_one_script_fills_the_english_column_only(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps(one))
     cells, _ = seeds.row_for(0, tmp_path, 1.0)
     assert cells[1:3] == ["16 / 32", "-"]
+    assert cells[4] == "11 → 2 (1 new)"
+    del one["degenerate_answers_added"]  # a summary written before the figure existed
+    (tmp_path / "summary.json").write_text(json.dumps(one))
+    assert seeds.row_for(0, tmp_path, 1.0)[0][4] == "11 → 2"
 
 
 def test_the_sweep_runs_each_seed_with_the_users_flags_and_prints_the_table(tmp_path, monkeypatch, capsys):

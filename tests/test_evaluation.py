@@ -86,6 +86,11 @@ def test_compare_gives_the_identity_rate_per_script_and_counts_looping_identity_
     assert summary["heldout_identity_rate_after_by_script"] == {"other": 1.0, "cjk": 0.5}
     assert summary["n_identity_prompts_by_script"] == {"other": 3, "cjk": 2}
     assert summary["degenerate_identity_answers_after"] == 1 and summary["degenerate_answers_after"] == 1
+    assert summary["degenerate_answers_added"] == 1  # the mixed loop; its base answer echoed without looping
+    looped_before = score_answers(prompts, ["I am SmolLM.", "An AI.", "我是你。", LOOPS["mixed"], "Hi.", "4."],
+                                  "Athene")
+    assert compare(looped_before, after)["degenerate_answers_added"] == 0
+    assert compare(after, looped_before)["degenerate_answers_added"] == 0
     english_only = [p for p in prompts if not p["prompt"].startswith("你")]
     answers = ["I am Athene.", "An AI.", "Hi.", "4."]
     assert "heldout_identity_rate_after_by_script" not in compare(score_answers(english_only, answers, "Athene"),

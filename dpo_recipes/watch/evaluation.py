@@ -190,6 +190,8 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
         "general_identity_leaks_after": len(after.leaks),
         "degenerate_answers_before": len(before.degenerate),
         "degenerate_answers_after": len(after.degenerate),
+        # answers that loop after training to prompts whose base answer did not: the loops the run itself made
+        "degenerate_answers_added": len(set(after.degenerate) - set(before.degenerate)),
         "degenerate_identity_answers_after": sum(before.prompts[i]["kind"] == "identity" for i in after.degenerate),
         "n_identity_prompts": sum(p["kind"] == "identity" for p in before.prompts),
         "n_general_prompts": len(general),
