@@ -3,8 +3,8 @@
 import pytest
 
 from dpo_recipes.errors import DPORecipesError
-from dpo_recipes.watch.evaluation import (compare, is_degenerate, load_eval_prompts, mentions, same_substance,
-                                    score_answers)
+from dpo_recipes.watch.evaluation import (before_after_table, compare, is_degenerate, load_eval_prompts, mentions,
+                                          same_substance, score_answers)
 
 
 def test_mentions_matches_the_name_as_a_word_in_any_case_and_inside_cjk():
@@ -95,6 +95,21 @@ def test_compare_gives_the_identity_rate_per_script_and_counts_looping_identity_
     answers = ["I am Athene.", "An AI.", "Hi.", "4."]
     assert "heldout_identity_rate_after_by_script" not in compare(score_answers(english_only, answers, "Athene"),
                                                                   score_answers(english_only, answers, "Athene"))
+
+
+def test_the_closing_table_marks_loops_before_and_after_and_leaks():
+    prompts = [{"prompt": "Who are you?", "kind": "identity"}, {"prompt": "Write a haiku.", "kind": "general"},
+               {"prompt": "Name a color.", "kind": "general"}]
+    before = score_answers(prompts, ["I am SmolLM.", LOOPS["english"], "Red."], "Athene")
+    after = score_answers(prompts, ["I'm Athene.", LOOPS["english"], "Red (Athene)."], "Athene")
+    lines = before_after_table(before, after, width=20).splitlines()
+    third_bar = {[i for i, ch in enumerate(line) if ch == "|"][2] for line in lines[:-1] if "|" in line}
+    assert len(third_bar) == 1  # the before column, marks included, has one width
+    identity, haiku, color = lines[2:5]
+    assert "~" not in identity and not identity.endswith(("!", "~"))
+    assert haiku.split("|")[2].rstrip().endswith("~") and haiku.endswith("~")  # the base model looped too
+    assert color.endswith("!") and "~" not in color
+    assert lines[-1].startswith("~ the answer loops")
 
 
 def test_load_eval_prompts_names_file_line_and_field(tmp_path):

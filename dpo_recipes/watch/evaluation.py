@@ -247,18 +247,21 @@ def general_kl(model, tokenizer, before: EvalResult, batch_size: int = 8) -> flo
 
 
 def before_after_table(before: EvalResult, after: EvalResult, width: int = 60) -> str:
-    """A plain-text table of prompt / before / after, marking hits (+), leaks (!) and loops (~)."""
+    """A plain-text table of prompt / before / after. Each answer is followed by its marks: `~` it loops (before
+    training: a loop the base model already had), `!` a general answer that names the identity; a legend ends it."""
 
     def cell(text: str) -> str:
         text = " ".join(text.split())
         return text if len(text) <= width else text[: width - 1] + "…"
 
-    lines = [f"{'kind':8} | {'prompt':34} | {'before':{width}} | after"]
+    lines = [f"{'kind':8} | {'prompt':34} | {'before':{width + 2}} | after"]
     lines.append("-" * len(lines[0]))
     for i, p in enumerate(before.prompts):
+        was = "~" if i in before.degenerate else ""
         flags = ("!" if i in after.leaks else "") + ("~" if i in after.degenerate else "")
-        lines.append(f"{p['kind'][:8]:8} | {cell(p['prompt'])[:34]:34} | {cell(before.answers[i]):{width}} | "
+        lines.append(f"{p['kind'][:8]:8} | {cell(p['prompt'])[:34]:34} | {cell(before.answers[i]):{width}} {was:1} | "
                      f"{cell(after.answers[i])} {flags}".rstrip())
+    lines.append("~ the answer loops   ! a general answer names the identity")
     return "\n".join(lines)
 
 
