@@ -125,7 +125,8 @@ def main(args: IterativeArguments, training_args: DPOConfig, model_args: RecipeM
             watch = GeneralWatch(model, tokenizer, general, form_checks(train_prompts),
                                  identity_name=args.identity_name,
                                  kl_to="base" if args.reference == "fixed" else "previous round",
-                                 max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size)
+                                 max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch_size,
+                                 repetition_penalty=args.eval_repetition_penalty)
             general_before = watch.baseline()
             logger.info("round 0 general answers: %s", general_before)
         if progress is None:

@@ -75,7 +75,8 @@ def test_the_first_call_writes_the_answers_and_the_second_reuses_them(tiny, tiny
         f"reused the 3 answers before training from {tmp_path / BEFORE_ANSWERS_FILE}"]
 
 
-@pytest.mark.parametrize("change", ["prompts", "fewer_prompts", "max_new_tokens", "model_config", "dtype"])
+@pytest.mark.parametrize("change", ["prompts", "fewer_prompts", "max_new_tokens", "repetition_penalty",
+                                    "model_config", "dtype"])
 def test_another_prompt_list_generation_setting_or_model_answers_again(tiny, tiny_model_dir, tmp_path, change, caplog,
                                                                        one_torch_thread, count_generations):
     import torch
@@ -90,6 +91,8 @@ def test_another_prompt_list_generation_setting_or_model_answers_again(tiny, tin
         prompts = PROMPTS[:2]
     elif change == "max_new_tokens":
         recipe_args = settings(eval_max_new_tokens=5)
+    elif change == "repetition_penalty":  # answers decoded otherwise are other answers
+        recipe_args = settings(eval_repetition_penalty=1.3)
     elif change == "model_config":  # the run record's hash of config.json
         model_key = {**model_key, "config_sha256": "0" * 64}
     else:

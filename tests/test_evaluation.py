@@ -154,3 +154,41 @@ def test_general_kl_is_zero_for_an_untouched_adapter_and_matches_a_direct_comput
         count += len(a)
     assert general_kl(model, tokenizer, before, batch_size=2) == pytest.approx(expected / count, rel=1e-4)
     assert general_kl(model.get_base_model(), tokenizer, before) is None  # no adapter to disable: no base to compare
+
+
+def test_the_repetition_penalty_weighs_the_answers_own_tokens_not_the_prompts():
+    """`generate_answers` hands generate CTRL's penalty with the batch's padded prompt left out: a token the prompt
+    uses ("叫" of "你叫什么？") keeps its score, a token the answer already used loses it."""
+    import torch
+    from test_trainer import tiny_model, tiny_tokenizer
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from dpo_recipes.watch.evaluation import generate_answers
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(tokenizer)
+    seen = []
+
+    def generate(input_ids, attention_mask, max_new_tokens, logits_processor, **kwargs):
+        seen.append((input_ids.shape[1], list(logits_processor)))
+        return torch.cat([input_ids, input_ids[:, -2:]], dim=1)
+
+    model.generate = generate
+    prompts = ["Hi", "What is your name, please?"]
+    assert len(generate_answers(model, tokenizer, prompts, max_new_tokens=2, repetition_penalty=1.2)) == 2
+    (prompt_length, processors), = seen
+    (penalty,) = processors
+    assert isinstance(penalty, RepetitionPenaltyLogitsProcessor) and penalty.penalty == 1.2
+    assert penalty.prompt_ignore_length == prompt_length  # left padding: every answer starts there
+    prompt, answer = [5] * (prompt_length - 1) + [6], [7]
+    scores = penalty(torch.tensor([prompt + answer]), torch.full((1, 10), 2.0))
+    assert scores[0, 5] == scores[0, 6] == 2.0 and torch.isclose(scores[0, 7], torch.tensor(2.0 / 1.2))
+    generate_answers(model, tokenizer, prompts, max_new_tokens=2, repetition_penalty=1.0)
+    assert seen[-1][1] == []  # 1.0: plain greedy, nothing added
+
+
+def test_compare_records_how_the_answers_were_decoded():
+    prompts = [{"prompt": "Who are you?", "kind": "identity"}, {"prompt": "2+2?", "kind": "general"}]
+    before = score_answers(prompts, ["I am SmolLM.", "4"], "Athene", repetition_penalty=1.2)
+    after = score_answers(prompts, ["I'm Athene.", "4"], "Athene", repetition_penalty=1.2)
+    assert compare(before, after)["answers_repetition_penalty"] == 1.2

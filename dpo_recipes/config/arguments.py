@@ -70,6 +70,12 @@ class RecipeArguments(ScriptArguments):
         default=64, metadata={"help": "Tokens generated per prompt in the before/after evaluation."}
     )
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts generated at once in the evaluation."})
+    eval_repetition_penalty: float = field(
+        default=1.2, metadata={"help": "CTRL's repetition penalty (1.2, Keskar et al. 2019) on each evaluation "
+                                       "answer's own tokens, not the prompt's: greedy decoding alone sends a small "
+                                       "model into loops (the embedded model's base answers loop on 11 of the "
+                                       "default 56 prompts). 1.0: plain greedy."}
+    )
 
     # --- held-out preference evaluation (TRL's eval loop: eval_loss, eval_rewards/*) ------------------------------
     eval_fraction: float | None = field(

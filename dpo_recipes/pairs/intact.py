@@ -43,9 +43,10 @@ class GeneralWatch:
     """The base answers to the general prompts, and `measure(model)` of a later policy against them."""
 
     def __init__(self, model, tokenizer, prompts: list[str], forms: dict[str, Rule], *, identity_name: str | None,
-                 kl_to: str, max_new_tokens: int = 64, batch_size: int = 16):
+                 kl_to: str, max_new_tokens: int = 64, batch_size: int = 16, repetition_penalty: float = 1.0):
         self.tokenizer, self.forms, self.identity_name, self.kl_to = tokenizer, forms, identity_name, kl_to
-        self.generation = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+        self.generation = dict(max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               repetition_penalty=repetition_penalty)
         self.prompts = [{"prompt": p, "kind": "general"} for p in prompts]
         self.before = self._answers(model)
         self.before_forms = self._passing(self.before.answers)

@@ -35,12 +35,19 @@ SAME_SUBSTANCE_RATIO = 60.0
 
 
 def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
-                     openings: list[str] | None = None) -> list[str]:
+                     openings: list[str] | None = None, repetition_penalty: float = 1.0) -> list[str]:
     """Greedy answers, one per user prompt, through `render_prompt` (batched, left-padded).
+
+    `repetition_penalty` above 1 is CTRL's penalty (Keskar et al. 2019; 1.2 is the paper's balance) on the tokens the
+    answer has already used, not the prompt's: transformers' `RepetitionPenaltyLogitsProcessor` with
+    `prompt_ignore_length` (its `generate(repetition_penalty=...)` also weighs the prompt, so "叫" in "你叫什么？"
+    would make "我叫Athene" less likely). 1.0: plain greedy, which a small model often ends in a loop.
 
     `openings` (optional, one per prompt) starts each assistant turn with that text and lets the model continue;
     the returned answer includes it.
     """
+    from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
     tokenizer.padding_side = "left"
     was_training = model.training
     model.eval()
@@ -53,9 +60,13 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         heads = openings[start:start + batch_size]
         texts = [render_prompt(tokenizer, p) + head for p, head in zip(chunk, heads)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        # left padding: every row's answer starts after the batch's padded prompt length
+        penalty = [RepetitionPenaltyLogitsProcessor(float(repetition_penalty), enc["input_ids"].shape[1])] \
+            if repetition_penalty != 1.0 else []
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+                                 top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+                                 logits_processor=LogitsProcessorList(penalty))
         for head, row in zip(heads, out[:, enc["input_ids"].shape[1]:]):
             answers.append((head + tokenizer.decode(row, skip_special_tokens=True)).strip())
         progress.update(len(chunk))
@@ -146,6 +157,7 @@ class EvalResult:
     leaks: list[int] = field(default_factory=list)
     degenerate: list[int] = field(default_factory=list)
     identity_hits: list[int] = field(default_factory=list)
+    repetition_penalty: float = 1.0  # how the answers were decoded (`generate_answers`)
 
     def identity_prompts_by_script(self) -> dict[str, list[int]]:
         """The identity prompts written in CJK and the others ('cjk', 'other'), for each present."""
@@ -156,7 +168,8 @@ class EvalResult:
         return groups
 
 
-def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> EvalResult:
+def score_answers(prompts: list[dict], answers: list[str], name: str | None,
+                  repetition_penalty: float = 1.0) -> EvalResult:
     """Rates for a pass: `prompts` are {'prompt', 'kind'} with kind 'identity' or 'general'."""
     identity = [i for i, p in enumerate(prompts) if p["kind"] == "identity"]
     general = [i for i, p in enumerate(prompts) if p["kind"] == "general"]
@@ -167,7 +180,7 @@ def score_answers(prompts: list[dict], answers: list[str], name: str | None) -> 
     if name and identity:
         rate = len(hits) / len(identity)
     leaks = [i for i in general if name and mentions(answers[i], name)]
-    return EvalResult(prompts, answers, rate, leaks, degenerate, hits)
+    return EvalResult(prompts, answers, rate, leaks, degenerate, hits, repetition_penalty)
 
 
 def compare(before: EvalResult, after: EvalResult) -> dict:
@@ -195,6 +208,8 @@ def compare(before: EvalResult, after: EvalResult) -> dict:
         "degenerate_identity_answers_after": sum(before.prompts[i]["kind"] == "identity" for i in after.degenerate),
         "n_identity_prompts": sum(p["kind"] == "identity" for p in before.prompts),
         "n_general_prompts": len(general),
+        # greedy, with CTRL's penalty on each answer's own tokens when above 1 (`generate_answers`)
+        "answers_repetition_penalty": after.repetition_penalty,
     }
 
 
@@ -290,11 +305,13 @@ def load_eval_prompts(path: str | None) -> list[dict]:
 
 
 def evaluate_prompts(model, tokenizer, prompts: list[dict], recipe_args) -> EvalResult:
-    """Greedy answers to `prompts` scored against `recipe_args.identity_name` (an empty result for no prompts)."""
+    """Greedy answers to `prompts` (with `recipe_args.eval_repetition_penalty` on each answer's own tokens) scored
+    against `recipe_args.identity_name` (an empty result for no prompts)."""
+    penalty = getattr(recipe_args, "eval_repetition_penalty", 1.0)
     answers = generate_answers(model, tokenizer, [p["prompt"] for p in prompts],
-                               max_new_tokens=recipe_args.eval_max_new_tokens,
-                               batch_size=recipe_args.eval_batch_size) if prompts else []
-    return score_answers(prompts, answers, recipe_args.identity_name)
+                               max_new_tokens=recipe_args.eval_max_new_tokens, batch_size=recipe_args.eval_batch_size,
+                               repetition_penalty=penalty) if prompts else []
+    return score_answers(prompts, answers, recipe_args.identity_name, penalty)
 
 
 BEFORE_ANSWERS_FILE = "eval_answers_before.json"
@@ -316,6 +333,7 @@ def before_answers_key(model, tokenizer, prompts: list[dict], recipe_args, model
         "generation_config": generation.to_json_string(use_diff=False) if generation is not None else None,
         "prompts": [p["prompt"] for p in prompts],
         "max_new_tokens": recipe_args.eval_max_new_tokens,
+        "repetition_penalty": getattr(recipe_args, "eval_repetition_penalty", 1.0),
         "batch_size": recipe_args.eval_batch_size,  # left padding within a batch can move a greedy answer
         "chat_template": getattr(tokenizer, "chat_template", None),
         "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "vocab_size": len(tokenizer),
@@ -371,7 +389,8 @@ def answers_before_training(model, tokenizer, prompts: list[dict], recipe_args, 
     state.wait_for_everyone()  # every process has decided before the file can change
     if answers is not None:
         log(logging.INFO, "reused the %d answers before training from %s", len(answers), path)
-        return score_answers(prompts, answers, recipe_args.identity_name)
+        return score_answers(prompts, answers, recipe_args.identity_name,
+                             getattr(recipe_args, "eval_repetition_penalty", 1.0))
     result = evaluate_prompts(model, tokenizer, prompts, recipe_args)
     if state.is_main_process:
         write_json_atomic(path, {"key": key, "model": model_key.get("model"), "prompts": [p["prompt"] for p in prompts],
