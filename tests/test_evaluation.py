@@ -192,3 +192,14 @@ def test_compare_records_how_the_answers_were_decoded():
     before = score_answers(prompts, ["I am SmolLM.", "4"], "Athene", repetition_penalty=1.2)
     after = score_answers(prompts, ["I'm Athene.", "4"], "Athene", repetition_penalty=1.2)
     assert compare(before, after)["answers_repetition_penalty"] == 1.2
+
+
+@pytest.mark.parametrize("penalty", ["0", "-1.2"])
+def test_a_repetition_penalty_that_is_not_positive_is_refused_before_the_run(penalty):
+    from pathlib import Path
+
+    from dpo_recipes.config import parse_recipe_args
+
+    data = Path(__file__).parent.parent / "data" / "identity" / "train.jsonl"
+    with pytest.raises(DPORecipesError, match=f"--eval_repetition_penalty {float(penalty)}: use a value above 0"):
+        parse_recipe_args(None, ["--dataset_name", str(data), "--eval_repetition_penalty", penalty])

@@ -194,6 +194,9 @@ class RecipeArguments(ScriptArguments):
         if self.eval_fraction is not None and self.eval_dataset_name:
             raise DPORecipesError("--eval_fraction carves the eval set off the training data and --eval_dataset_name "
                                   "reads it from its own file: pass one of them.")
+        if not self.eval_repetition_penalty > 0:
+            raise DPORecipesError(f"--eval_repetition_penalty {self.eval_repetition_penalty}: use a value above 0 (1.0: "
+                                  "plain greedy; above 1 weighs against tokens the answer already used).")
         if self.loss_hook not in (None, "odpo", "rdpo"):
             raise DPORecipesError(f"--loss_hook {self.loss_hook!r}: use odpo, rdpo, or none (TRL's loss as is).")
 
