@@ -38,10 +38,9 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
                      openings: list[str] | None = None, repetition_penalty: float = 1.0) -> list[str]:
     """Greedy answers, one per user prompt, through `render_prompt` (batched, left-padded).
 
-    `repetition_penalty` above 1 is CTRL's penalty (Keskar et al. 2019; 1.2 is the paper's balance) on the tokens the
-    answer has already used, not the prompt's: transformers' `RepetitionPenaltyLogitsProcessor` with
-    `prompt_ignore_length` (its `generate(repetition_penalty=...)` also weighs the prompt, so "叫" in "你叫什么？"
-    would make "我叫Athene" less likely). 1.0: plain greedy, which a small model often ends in a loop.
+    `repetition_penalty` > 1: CTRL's penalty (Keskar et al. 2019) on the answer's own tokens, through transformers'
+    `RepetitionPenaltyLogitsProcessor(prompt_ignore_length=...)`; `generate(repetition_penalty=)` would also weigh the
+    prompt's ("叫" of "你叫什么？" against "我叫Athene"). 1.0: plain greedy, which a small model often ends in a loop.
 
     `openings` (optional, one per prompt) starts each assistant turn with that text and lets the model continue;
     the returned answer includes it.
@@ -60,14 +59,14 @@ def generate_answers(model, tokenizer, prompts: list[str], *, max_new_tokens: in
         heads = openings[start:start + batch_size]
         texts = [render_prompt(tokenizer, p) + head for p, head in zip(chunk, heads)]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        # left padding: every row's answer starts after the batch's padded prompt length
-        penalty = [RepetitionPenaltyLogitsProcessor(float(repetition_penalty), enc["input_ids"].shape[1])] \
+        prompt_length = enc["input_ids"].shape[1]  # left padding: every row's answer starts here
+        penalty = [RepetitionPenaltyLogitsProcessor(float(repetition_penalty), prompt_length)] \
             if repetition_penalty != 1.0 else []
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
                                  top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
                                  logits_processor=LogitsProcessorList(penalty))
-        for head, row in zip(heads, out[:, enc["input_ids"].shape[1]:]):
+        for head, row in zip(heads, out[:, prompt_length:]):
             answers.append((head + tokenizer.decode(row, skip_special_tokens=True)).strip())
         progress.update(len(chunk))
     if progress is not None:
@@ -305,13 +304,17 @@ def load_eval_prompts(path: str | None) -> list[dict]:
 
 
 def evaluate_prompts(model, tokenizer, prompts: list[dict], recipe_args) -> EvalResult:
-    """Greedy answers to `prompts` (with `recipe_args.eval_repetition_penalty` on each answer's own tokens) scored
-    against `recipe_args.identity_name` (an empty result for no prompts)."""
-    penalty = getattr(recipe_args, "eval_repetition_penalty", 1.0)
+    """Greedy answers to `prompts` (`--eval_repetition_penalty` on their own tokens) scored against `identity_name`."""
+    penalty = _repetition_penalty(recipe_args)
     answers = generate_answers(model, tokenizer, [p["prompt"] for p in prompts],
                                max_new_tokens=recipe_args.eval_max_new_tokens, batch_size=recipe_args.eval_batch_size,
                                repetition_penalty=penalty) if prompts else []
     return score_answers(prompts, answers, recipe_args.identity_name, penalty)
+
+
+def _repetition_penalty(recipe_args) -> float:
+    """The evaluation's `--eval_repetition_penalty`; plain greedy (1.0) for argument sets without the field."""
+    return getattr(recipe_args, "eval_repetition_penalty", 1.0)
 
 
 BEFORE_ANSWERS_FILE = "eval_answers_before.json"
@@ -333,7 +336,7 @@ def before_answers_key(model, tokenizer, prompts: list[dict], recipe_args, model
         "generation_config": generation.to_json_string(use_diff=False) if generation is not None else None,
         "prompts": [p["prompt"] for p in prompts],
         "max_new_tokens": recipe_args.eval_max_new_tokens,
-        "repetition_penalty": getattr(recipe_args, "eval_repetition_penalty", 1.0),
+        "repetition_penalty": _repetition_penalty(recipe_args),
         "batch_size": recipe_args.eval_batch_size,  # left padding within a batch can move a greedy answer
         "chat_template": getattr(tokenizer, "chat_template", None),
         "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "vocab_size": len(tokenizer),
@@ -389,8 +392,7 @@ def answers_before_training(model, tokenizer, prompts: list[dict], recipe_args, 
     state.wait_for_everyone()  # every process has decided before the file can change
     if answers is not None:
         log(logging.INFO, "reused the %d answers before training from %s", len(answers), path)
-        return score_answers(prompts, answers, recipe_args.identity_name,
-                             getattr(recipe_args, "eval_repetition_penalty", 1.0))
+        return score_answers(prompts, answers, recipe_args.identity_name, _repetition_penalty(recipe_args))
     result = evaluate_prompts(model, tokenizer, prompts, recipe_args)
     if state.is_main_process:
         write_json_atomic(path, {"key": key, "model": model_key.get("model"), "prompts": [p["prompt"] for p in prompts],
