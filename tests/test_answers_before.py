@@ -30,7 +30,8 @@ def tiny(tiny_model_dir):
 
 
 def settings(**overrides):
-    return SimpleNamespace(**{"eval_max_new_tokens": 4, "eval_batch_size": 8, "identity_name": "Ada", **overrides})
+    return SimpleNamespace(**{"eval_max_new_tokens": 4, "eval_batch_size": 8, "identity_name": "Ada",
+                              "eval_repetition_penalty": 1.0, **overrides})
 
 
 def key_of(model_dir: str) -> dict:

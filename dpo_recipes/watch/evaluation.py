@@ -305,16 +305,11 @@ def load_eval_prompts(path: str | None) -> list[dict]:
 
 def evaluate_prompts(model, tokenizer, prompts: list[dict], recipe_args) -> EvalResult:
     """Greedy answers to `prompts` (`--eval_repetition_penalty` on their own tokens) scored against `identity_name`."""
-    penalty = _repetition_penalty(recipe_args)
+    penalty = recipe_args.eval_repetition_penalty
     answers = generate_answers(model, tokenizer, [p["prompt"] for p in prompts],
                                max_new_tokens=recipe_args.eval_max_new_tokens, batch_size=recipe_args.eval_batch_size,
                                repetition_penalty=penalty) if prompts else []
     return score_answers(prompts, answers, recipe_args.identity_name, penalty)
-
-
-def _repetition_penalty(recipe_args) -> float:
-    """The evaluation's `--eval_repetition_penalty`; plain greedy (1.0) for argument sets without the field."""
-    return getattr(recipe_args, "eval_repetition_penalty", 1.0)
 
 
 BEFORE_ANSWERS_FILE = "eval_answers_before.json"
@@ -336,7 +331,7 @@ def before_answers_key(model, tokenizer, prompts: list[dict], recipe_args, model
         "generation_config": generation.to_json_string(use_diff=False) if generation is not None else None,
         "prompts": [p["prompt"] for p in prompts],
         "max_new_tokens": recipe_args.eval_max_new_tokens,
-        "repetition_penalty": _repetition_penalty(recipe_args),
+        "repetition_penalty": recipe_args.eval_repetition_penalty,
         "batch_size": recipe_args.eval_batch_size,  # left padding within a batch can move a greedy answer
         "chat_template": getattr(tokenizer, "chat_template", None),
         "eos_token": tokenizer.eos_token, "pad_token": tokenizer.pad_token, "vocab_size": len(tokenizer),
@@ -392,7 +387,7 @@ def answers_before_training(model, tokenizer, prompts: list[dict], recipe_args, 
     state.wait_for_everyone()  # every process has decided before the file can change
     if answers is not None:
         log(logging.INFO, "reused the %d answers before training from %s", len(answers), path)
-        return score_answers(prompts, answers, recipe_args.identity_name, _repetition_penalty(recipe_args))
+        return score_answers(prompts, answers, recipe_args.identity_name, recipe_args.eval_repetition_penalty)
     result = evaluate_prompts(model, tokenizer, prompts, recipe_args)
     if state.is_main_process:
         write_json_atomic(path, {"key": key, "model": model_key.get("model"), "prompts": [p["prompt"] for p in prompts],
