@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32768
@@ -43,12 +44,28 @@ def _key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def _finished_records(run_dir: str | Path, timeout: float = 120.0) -> list:
+    """The run log's records once W&B has written all of them. `run.finish()` can return before wandb-core has
+    flushed the log's last block (seen on a loaded CI machine: the end-of-run Table was missing), so wait for the
+    `exit` record that closes a finished run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        (log,) = Path(run_dir).glob("run-*.wandb")
+        try:
+            found = list(records(log))
+        except Exception:  # a record cut off mid-write
+            found = []
+        if found and found[-1].WhichOneof("record_type") == "exit":
+            return found
+        assert time.monotonic() < deadline, f"{log}: no exit record after {timeout:.0f} s; the run did not finish"
+        time.sleep(0.2)
+
+
 def read_run(run_dir: str | Path) -> dict:
     """{'name', 'tags', 'config': {...}, 'history': [ {key: value} ], 'summary': {...}, 'alerts': [...]} of an
     offline run folder (OUTPUT_DIR/wandb/offline-run-*)."""
-    (log,) = Path(run_dir).glob("run-*.wandb")
     run = {"name": None, "tags": [], "config": {}, "history": [], "summary": {}, "alerts": []}
-    for record in records(log):
+    for record in _finished_records(run_dir):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run["name"], run["tags"] = record.run.display_name, list(record.run.tags)
