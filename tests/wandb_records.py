@@ -48,12 +48,14 @@ def _finished_records(run_dir: str | Path, timeout: float = 120.0) -> list:
     """The run log's records once W&B has written all of them. `run.finish()` can return before wandb-core has
     flushed the log's last block (seen on a loaded CI machine: the end-of-run Table was missing), so wait for the
     `exit` record that closes a finished run."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
         (log,) = Path(run_dir).glob("run-*.wandb")
         try:
             found = list(records(log))
-        except Exception:  # a record cut off mid-write
+        except DecodeError:  # a record cut off mid-write
             found = []
         if found and found[-1].WhichOneof("record_type") == "exit":
             return found
