@@ -8,12 +8,18 @@ Everything after `--` goes to `recipes/dpo_lora.py` as it is. Each seed runs in 
 the identity, looping answers before and after, general KL) and the wall time of the whole command. The table's
 first line names the machine: CPU, whether it multiplies bf16 in hardware, the run's precision and versions.
 Run it alone: two runs at once on a 2-core machine slow each other down.
+
+Each seed starts from an empty reference cache (`--out`/seed-N.reference-cache), as a first run does, so a rerun repeats the
+table. With the shared cache (`--shared-reference-cache`), a seed reuses the reference log-probs other runs computed
+for its pairs in their batches; in bf16 those differ in the last bits from its own batches' values, enough to move
+a prompt or a leak, so the figures depend on what ran before.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -67,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--out", default="outputs/default-run-seeds", help="one folder per seed goes in here")
+    parser.add_argument("--shared-reference-cache", action="store_true",
+                        help="use the machine's reference cache instead of an empty one per seed (faster, and the "
+                             "figures then depend on what ran before)")
     args = parser.parse_args(own)
 
     header = ["seed", *(title for _, title in SCRIPTS), "general answers naming the identity",
@@ -82,8 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         log = Path(args.out) / f"seed-{seed}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        if not args.shared_reference_cache:
+            cache = Path(args.out) / f"seed-{seed}.reference-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            env["DPO_RECIPES_REFERENCE_CACHE"] = str(cache.resolve())
         with open(log, "w", encoding="utf-8") as f:
-            code = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+            code = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env,
                                   check=False).returncode
         wall = time.perf_counter() - start
         if code != 0:

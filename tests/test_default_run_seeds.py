@@ -30,6 +30,9 @@ summary = {json.dumps(SUMMARY)}
 summary["general_identity_leaks_after"] = int(args[args.index("--seed") + 1])
 (out / "summary.json").write_text(json.dumps(summary))
 (out / "args.json").write_text(json.dumps(args))
+import os
+cache = os.environ.get("DPO_RECIPES_REFERENCE_CACHE")
+(out / "cache.json").write_text(json.dumps([cache, cache and Path(cache).exists() and any(Path(cache).iterdir())]))
 """
 
 
@@ -77,3 +80,20 @@ def test_a_failed_seed_stops_the_sweep_and_names_its_log(tmp_path, monkeypatch, 
     assert "seed 0 failed (exit 3)" in err and str(tmp_path / "out" / "seed-0.log") in err
     assert (tmp_path / "out" / "seed-0.log").read_text().strip() == "boom"
     assert not (tmp_path / "out" / "seed-1.log").exists()
+
+
+def test_each_seed_starts_from_an_empty_reference_cache_of_its_own_unless_asked_to_share(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_recipe.py"
+    fake.write_text(FAKE_RECIPE)
+    monkeypatch.setattr(seeds, "RECIPE", fake)
+    monkeypatch.setenv("DPO_RECIPES_REFERENCE_CACHE", str(tmp_path / "shared"))
+    stale = tmp_path / "out" / "seed-1.reference-cache"
+    stale.mkdir(parents=True)
+    (stale / "old.safetensors").write_text("x")  # an earlier sweep's cache: a rerun must not reuse it
+    assert seeds.main(["--seeds", "0", "1", "--out", str(tmp_path / "out")]) == 0
+    caches = [json.loads((tmp_path / "out" / f"seed-{s}" / "cache.json").read_text()) for s in (0, 1)]
+    assert [c[0] for c in caches] == [str((tmp_path / "out" / f"seed-{s}.reference-cache").resolve()) for s in (0, 1)]
+    assert not any(c[1] for c in caches)
+
+    assert seeds.main(["--seeds", "0", "--out", str(tmp_path / "out"), "--shared-reference-cache"]) == 0
+    assert json.loads((tmp_path / "out" / "seed-0" / "cache.json").read_text())[0] == str(tmp_path / "shared")
