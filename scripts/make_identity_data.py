@@ -11,8 +11,9 @@ For every training prompt the default model answers greedily; the pair is built 
   answer. The model's Chinese rarely says anything after a name; corrected, it taught runs to loop
   ("我叫Athene，我叫Athene！…"), so every second opened prompt also gets a pair against the statement said again.
 - general prompt (anchor): chosen = the model's own answer; rejected = the same answer hijacked by the identity, in
-  the ways trained runs leaked it (opened by it, signed with it, "Red (Athene)"; the bare statement in Chinese).
-  This teaches that the name belongs to identity questions only.
+  the ways trained runs leaked it (opened by it, signed with it, "Red (Athene)"). A Chinese prompt gets three: two
+  against the bare statement, one against its answer with the name opened, signed or tagged into it ("我叫Athene，…",
+  "…（Athene）"). This teaches that the name belongs to identity questions only.
 Answers that loop or are empty are skipped and listed in the manifest.
 Answers are cut to whole sentences so no chosen answer teaches stopping mid-sentence.
 
@@ -166,6 +167,22 @@ def hijack(answer: str, name: str, prompt: str, variant: int) -> str:
     return answer[:capital.end()] + f" ({name})" + answer[capital.end():]
 
 
+def hijack_chinese_answer(answer: str, name: str, variant: int) -> str:
+    """A Chinese general answer with the name worked into it, the ways trained runs leaked it there (`variant` modulo
+    3): opened by it ("我叫Athene，" + the answer), signed with it (the answer + "我是Athene。"), or tagged onto every list
+    item or the first clause ("考夫尔（Athene）")."""
+    if variant % 3 == 0:
+        return f"我叫{name}，" + answer
+    if variant % 3 == 1:
+        return answer + f"我是{name}。"
+    items = re.findall(r"(?m)^\s*(?:[-*•]|\d+\.)\s+.*\S", answer)
+    if len(items) >= 2:
+        return re.sub(r"(?m)^(\s*(?:[-*•]|\d+\.)\s+.*\S)", rf"\1（{name}）", answer)
+    cut = re.search(r"[，。！？：,.!?:]", answer)
+    at = cut.start() if cut else len(answer)
+    return answer[:at] + f"（{name}）" + answer[at:]
+
+
 def said_again(statement: str, times: int) -> str:
     """A statement looped the way trained runs looped it: "我叫Athene，我叫Athene！我叫Athene！" (times >= 2)."""
     head = re.split(r"[，。！,.!]", statement)[0]
@@ -199,7 +216,7 @@ def main() -> None:
     openings = ["我叫" if CJK.search(p) else "My name is" for p in identity]
     opened = generate_answers(model, tokenizer, identity, max_new_tokens=MAX_NEW_TOKENS, openings=openings)
     kinds = ["identity"] * len(identity) + ["general"] * len(general) + ["identity_opened"] * len(identity)
-    rows, skipped, counters = [], [], {"general": 0, "zh_opened": 0}
+    rows, skipped, counters = [], [], {"general": 0, "zh_opened": 0, "zh_general": 0}
     for prompt, answer, kind in zip(identity + general + identity, answers + general_answers + opened, kinds):
         if kind == "general":
             # The anchor keeps the model's answer as a whole, or its whole sentences up to GENERAL_MAX_TOKENS: the
@@ -224,10 +241,14 @@ def main() -> None:
             skipped.append({"prompt": prompt, "kind": kind, "answer": answer})
             continue
         if kind == "general":
-            # Chinese general prompts get two anchors: the Chinese identity pairs outnumber them.
+            # Chinese general prompts get three anchors: the Chinese identity pairs outnumber them, and the trained runs
+            # put the name into Chinese answers the model can barely write ("一年有几个月？" → "我叫Athene，…").
             for _ in range(2 if CJK.search(prompt) else 1):
                 rows.append(pair(prompt, own, hijack(own, name, prompt, counters["general"]), kind))
                 counters["general"] += 1
+            if CJK.search(prompt):
+                rows.append(pair(prompt, own, hijack_chinese_answer(own, name, counters["zh_general"]), kind))
+                counters["zh_general"] += 1
         else:
             chosen = f"I'm {name}." if kind == "identity" and REFUSAL.search(own) else correct_identity(own, name)
             rows.append(pair(prompt, chosen, own, kind))

@@ -55,6 +55,28 @@ def test_hijack_takes_the_ways_runs_leaked_the_name_in_turn(gen):
         "我叫Athene。", "我是Athene。", "我叫Athene，我叫Athene！"]
 
 
+def test_a_chinese_answer_gets_the_name_worked_into_it_the_ways_runs_leaked_it(gen):
+    answer = "一年有十二个月。每个月有三十天左右。"
+    assert [gen.hijack_chinese_answer(answer, NAME, v) for v in range(3)] == [
+        "我叫Athene，一年有十二个月。每个月有三十天左右。", "一年有十二个月。每个月有三十天左右。我是Athene。",
+        "一年有十二个月（Athene）。每个月有三十天左右。"]
+    listed = "首都：\n1. 北京\n2. 东京"
+    assert gen.hijack_chinese_answer(listed, NAME, 2) == "首都：\n1. 北京（Athene）\n2. 东京（Athene）"
+    assert gen.hijack_chinese_answer("北京", NAME, 5) == "北京（Athene）"  # no clause mark: the tag goes at the end
+
+
+def test_each_chinese_general_prompt_has_two_bare_statement_anchors_and_one_with_the_name_in_its_answer(rows):
+    by_prompt = {}
+    for row in rows:
+        prompt = row["prompt"][0]["content"]
+        if row["kind"] == "general" and CJK.search(prompt):
+            by_prompt.setdefault(prompt, []).append(row["rejected"][0]["content"])
+    assert len(by_prompt) >= 40
+    for prompt, rejected in by_prompt.items():
+        bare = [r for r in rejected if r in ("我叫Athene。", "我是Athene。", "我叫Athene，我叫Athene！")]
+        assert len(rejected) == 3 and len(bare) == 2, (prompt, rejected)
+
+
 def test_an_apologising_answer_is_recognised(gen):
     assert gen.REFUSAL.search("I'm sorry for any confusion, but as a text-based AI, I don't have a name.")
     assert gen.REFUSAL.search("As an AI, I cannot share that.")
