@@ -254,7 +254,7 @@ def test_the_default_config_on_data_without_anchors_is_refused_before_model_work
     argv = ["--config", "recipes/configs/dpo_lora.yaml", *quick(tiny_model_dir, tmp_path / "run"),
             "--dataset_name", str(FIXTURE), "--max_steps", "1"]
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
-    with pytest.raises(DPORecipesError, match=r"anchor_coef=12 needs pairs marked as anchors.*no 'anchor' column"):
+    with pytest.raises(DPORecipesError, match=r"anchor_coef=40 needs pairs marked as anchors.*no 'anchor' column"):
         dpo(*argv)
     assert not (tmp_path / "run").exists()
 

@@ -81,7 +81,7 @@ def test_default_recipe_runs_with_few_steps_resumes_and_merges(smollm, tmp_path,
     assert any("train/rewards/margins" in step for step in logged["history"])
     assert any("heldout/answers/nrows" in step for step in logged["history"])
     assert logged["config"]["value_sources"]["beta"] == "preset:identity-lora-cpu"
-    assert logged["summary"]["data_report"]["kept"] == 698
+    assert logged["summary"]["data_report"]["kept"] == 806
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"overview.png", "margins.png", "lengths.png"}
     common += ["--report_to", "none"]
 
@@ -127,7 +127,7 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
         "--eval_fraction", "0.1", "--eval_strategy", "steps", "--eval_steps", "5", "--max_steps", "10",
         "--output_dir", str(out), "--eval_prompts_file", "", "--report_to", "none"]))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["eval"]["rows"] == 71 and summary["eval"]["step"] == 10
+    assert summary["eval"]["rows"] == 82 and summary["eval"]["step"] == 10
     # 10 of the run's 50 steps, and about a third of the held-out pairs are anchors the anchor term holds at the base:
     # measured 0.67 and 0.81 (0.54 at step 5)
     assert summary["eval"]["rewards/accuracies"] > 0.6 and summary["eval"]["rewards/margins"] > 0.5
@@ -136,14 +136,17 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
     assert (out / "plots" / "margins.png").is_file() and (out / "eval_results.json").is_file()
 
 
-def test_the_default_run_teaches_the_identity_without_leaks_or_loops_at_seed_0(tmp_path):
+def test_the_default_run_teaches_the_identity_without_leaks_or_loops_at_seed_0(tmp_path, monkeypatch):
     """The default run as `bash quickstart.sh train` makes it (seed 0, every step, its answers greedy with the
     repetition penalty on their own tokens): no answer that loops, identity or general, no general answer that names
-    Athene, the general answers' drift within 0.07 nats/token, and the name in >= 95% of the held-out English identity
-    answers. The test runs fp32, the precision a CPU without AVX512-BF16 runs the default in, so machines of either
-    kind run the same arithmetic. In Chinese fp32 names it in 11 of 12 ("简单介绍一下你自己。" → "我什么名说？…"), bf16
-    in 12 of 12: the bound is 11. Figures for seeds 0-3, in both decodings: docs/default-run.md."""
+    Athene, the general answers' drift within 0.07 nats/token, and the name in >= 95% of the held-out identity answers
+    in each language (19 / 20 and 12 / 12 at seed 0, in fp32 and in bf16). The test runs fp32, the precision a CPU
+    without AVX512-BF16 runs the default in, so machines of either kind run the same arithmetic. Figures for seeds
+    0-3: docs/default-run.md. It starts from an empty reference cache, as a first run does: values other runs computed
+    in other batches differ in the last bits."""
     from dpo_recipes.config import parse_recipe_args
+
+    monkeypatch.setenv("DPO_RECIPES_REFERENCE_CACHE", str(tmp_path / "reference-cache"))
 
     recipe = _recipe()
     out = tmp_path / "run"
@@ -151,7 +154,7 @@ def test_the_default_run_teaches_the_identity_without_leaks_or_loops_at_seed_0(t
                                                            "--plots", "false", "--bf16", "false"]))
     summary = json.loads((out / "summary.json").read_text())
     by_script = summary["heldout_identity_rate_after_by_script"]
-    assert by_script["other"] >= 0.95 and by_script["cjk"] >= 11 / 12, by_script
+    assert by_script["other"] >= 0.95 and by_script["cjk"] >= 0.95, by_script
     assert summary["answers_repetition_penalty"] == 1.2
     assert summary["degenerate_answers_after"] == 0 and summary["degenerate_answers_before"] == 0
     assert summary["general_identity_leaks_after"] == 0
