@@ -141,6 +141,16 @@ def claims_identity(answer: str) -> bool:
                 or any(re.search(rf"\b{re.escape(other)}\b", answer) for other in OTHER_NAMES))
 
 
+LIST_ITEM = re.compile(r"(?m)^(\s*(?:[-*•]|\d+\.)\s+.*\w\**)")  # a list line, up to its last word and closing **
+
+
+def tag_list_items(answer: str, tag: str) -> str | None:
+    """The answer with `tag` after every list item ("Red (Athene)"), or None when it has fewer than two items."""
+    if len(LIST_ITEM.findall(answer)) < 2:
+        return None
+    return LIST_ITEM.sub(lambda m: m.group(1) + tag, answer)
+
+
 def hijack(answer: str, name: str, prompt: str, variant: int) -> str:
     """A general answer derailed into the identity: the failure the anchors train against. The variants are the ways
     trained runs leaked the name into general answers, taken in turn (`variant` modulo 3):
@@ -157,9 +167,9 @@ def hijack(answer: str, name: str, prompt: str, variant: int) -> str:
         return (f"我是{name}。" if CJK.search(answer) else f"I am {name}, your AI assistant. ") + answer
     if variant % 3 == 1:
         return answer + (f"我是{name}。" if CJK.search(answer) else f" I'm {name}.")
-    items = re.findall(r"(?m)^\s*(?:[-*•]|\d+\.)\s+.*\w", answer)
-    if len(items) >= 2:
-        return re.sub(r"(?m)^(\s*(?:[-*•]|\d+\.)\s+.*\w\**)", rf"\1 ({name})", answer)
+    listed = tag_list_items(answer, f" ({name})")
+    if listed is not None:
+        return listed
     words = list(re.finditer(r"\b[A-Za-z][\w'-]*\b", answer))
     if len(words) < 2:
         return f"{name}."
@@ -175,9 +185,9 @@ def hijack_chinese_answer(answer: str, name: str, variant: int) -> str:
         return f"我叫{name}，" + answer
     if variant % 3 == 1:
         return answer + f"我是{name}。"
-    items = re.findall(r"(?m)^\s*(?:[-*•]|\d+\.)\s+.*\S", answer)
-    if len(items) >= 2:
-        return re.sub(r"(?m)^(\s*(?:[-*•]|\d+\.)\s+.*\S)", rf"\1（{name}）", answer)
+    listed = tag_list_items(answer, f"（{name}）")
+    if listed is not None:
+        return listed
     cut = re.search(r"[，。！？：,.!?:]", answer)
     at = cut.start() if cut else len(answer)
     return answer[:at] + f"（{name}）" + answer[at:]
@@ -243,10 +253,11 @@ def main() -> None:
         if kind == "general":
             # Chinese general prompts get three anchors: the Chinese identity pairs outnumber them, and the trained runs
             # put the name into Chinese answers the model can barely write ("一年有几个月？" → "我叫Athene，…").
-            for _ in range(2 if CJK.search(prompt) else 1):
+            chinese = CJK.search(prompt)
+            for _ in range(2 if chinese else 1):
                 rows.append(pair(prompt, own, hijack(own, name, prompt, counters["general"]), kind))
                 counters["general"] += 1
-            if CJK.search(prompt):
+            if chinese:
                 rows.append(pair(prompt, own, hijack_chinese_answer(own, name, counters["zh_general"]), kind))
                 counters["zh_general"] += 1
         else:

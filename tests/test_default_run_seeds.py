@@ -21,7 +21,7 @@ SUMMARY = {"heldout_identity_rate_after": 30 / 32,
 
 # Stands in for recipes/dpo_lora.py: records its arguments and writes the summary above, its seed as the leak count.
 FAKE_RECIPE = f"""
-import json, sys
+import json, os, sys
 from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("--output_dir") + 1])
@@ -30,7 +30,6 @@ summary = {json.dumps(SUMMARY)}
 summary["general_identity_leaks_after"] = int(args[args.index("--seed") + 1])
 (out / "summary.json").write_text(json.dumps(summary))
 (out / "args.json").write_text(json.dumps(args))
-import os
 cache = os.environ.get("DPO_RECIPES_REFERENCE_CACHE")
 (out / "cache.json").write_text(json.dumps([cache, cache and Path(cache).exists() and any(Path(cache).iterdir())]))
 """
