@@ -128,7 +128,7 @@ def test_default_data_with_an_eval_split_evaluates_every_5_steps_into_summary_an
         "--output_dir", str(out), "--eval_prompts_file", "", "--report_to", "none"]))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["rows"] == 82 and summary["eval"]["step"] == 10
-    # 10 of the run's 50 steps, and about a third of the held-out pairs are anchors the anchor term holds at the base:
+    # 10 of the run's 60 steps, and about a third of the held-out pairs are anchors the anchor term holds at the base:
     # measured 0.67 and 0.81 (0.54 at step 5)
     assert summary["eval"]["rewards/accuracies"] > 0.6 and summary["eval"]["rewards/margins"] > 0.5
     steps, margins = load_run(out)["series"]["eval_rewards/margins"]
@@ -140,10 +140,10 @@ def test_the_default_run_teaches_the_identity_without_leaks_or_loops_at_seed_0(t
     """The default run as `bash quickstart.sh train` makes it (seed 0, every step, its answers greedy with the
     repetition penalty on their own tokens): no answer that loops, identity or general, no general answer that names
     Athene, the general answers' drift within 0.07 nats/token, and the name in >= 95% of the held-out identity answers
-    in each language (19 / 20 and 12 / 12 at seed 0, in fp32 and in bf16). The test runs fp32, the precision a CPU
-    without AVX512-BF16 runs the default in, so machines of either kind run the same arithmetic. Figures for seeds
-    0-3: docs/default-run.md. It starts from an empty reference cache, as a first run does: values other runs computed
-    in other batches differ in the last bits."""
+    in each language (at seed 0: 20 / 20 and 12 / 12 in fp32, 19 / 20 and 12 / 12 in bf16). The test runs fp32, the
+    precision a CPU without AVX512-BF16 runs the default in, so machines of either kind run the same arithmetic.
+    Figures for seeds 0-3: docs/default-run.md. It starts from an empty reference cache, as a first run does: values
+    other runs computed in other batches differ in the last bits."""
     from dpo_recipes.config import parse_recipe_args
 
     monkeypatch.setenv("DPO_RECIPES_REFERENCE_CACHE", str(tmp_path / "reference-cache"))
