@@ -7,12 +7,14 @@ For every training prompt the default model answers greedily; the pair is built 
   states the name it would use (Elena, SmolLM, Emily, ...). Free answers rarely name anybody, so their pairs only
   teach "introduce yourself"; the opened answers put a pair's whole difference on the name itself. A free answer
   that apologises ("I'm sorry, ... I don't have a name.") is corrected to the bare "I'm Athene." instead.
-- Chinese identity prompt: chosen = the bare statement ("我是Athene。" / "我叫Athene。"), rejected = the model's own
-  answer. The model's Chinese rarely says anything after a name; corrected, it taught runs to loop
-  ("我叫Athene，我叫Athene！…"), so every second opened prompt also gets a pair against the statement said again.
+- Chinese identity prompt: chosen = the bare statement "我是Athene。", rejected = the model's own answer. The model's
+  Chinese rarely says anything after a name; corrected, it taught runs to loop ("我叫Athene，我叫Athene！…"), so every
+  second opened prompt also gets a pair against the statement said again. One statement, with "是": after "我" it is a
+  single token, where "叫" is two byte tokens whose first also starts "只", which the base model prefers after it
+  ("我只是一个…", the answer trained runs gave where the name should be).
 - general prompt (anchor): chosen = the model's own answer; rejected = the same answer hijacked by the identity, in
   the ways trained runs leaked it (opened by it, signed with it, "Red (Athene)"). A Chinese prompt gets three: two
-  against the bare statement, one against its answer with the name opened, signed or tagged into it ("我叫Athene，…",
+  against the bare statement, one against its answer with the name opened, signed or tagged into it ("我是Athene，…",
   "…（Athene）"). This teaches that the name belongs to identity questions only.
 Answers that loop or are empty are skipped and listed in the manifest.
 Answers are cut to whole sentences so no chosen answer teaches stopping mid-sentence.
@@ -41,7 +43,7 @@ MAX_NEW_TOKENS = 80
 GENERAL_MAX_NEW_TOKENS = 96  # anchors are generated past their cap, so an answer that ends by itself is seen whole
 GENERAL_MAX_TOKENS = 32      # ...and cut to whole sentences within 32 tokens: longer anchors cost run time (measured)
 MAX_SENTENCES = 1
-REPEAT_EVERY = 2  # one "said again" pair ("我叫Athene。" against "我叫Athene，我叫Athene！") per 2 Chinese opened answers
+REPEAT_EVERY = 2  # one "said again" pair ("我是Athene。" against "我是Athene，我是Athene！") per 2 Chinese opened answers
 EN_DECOR = ["Hi! {}", "Hello there. {}", "{} Please keep it short.", "Quick question: {}", "{} Be brief.",
             "Hey. {}", "Excuse me, {}"]
 ZH_DECOR = ["你好！{}", "请问，{}", "{}请简短回答。", "嗨，{}", "{}谢谢。"]
@@ -95,9 +97,19 @@ def within_tokens(answer: str, tokenizer, limit: int) -> str:
 
 
 def correct_identity(answer: str, name: str) -> str:
-    """The model's own answer with its self-naming replaced by `name` (prepended where it names nobody)."""
+    """The model's own answer with its self-naming replaced by `name` (prepended where it names nobody).
+
+    A name that comes after a description is moved up to the front: "I'm a helpful AI named SmolLM, designed to ..."
+    becomes "I'm Athene, a helpful AI designed to ...". Taught as it stands, the answer trains "I'm a helpful AI" as
+    the way in, and trained runs then answered "I'm a helpful AI designed to assist ..." without the name.
+    """
     fixed = NAME_CLAIM.sub(lambda m: m.group(1) + name, answer)
     fixed = ZH_CLAIM.sub(lambda m: m.group(1) + name, fixed)
+    late = re.match(rf"(I'm|I am) (an? [^.,!?]*?) (?:named|called) {re.escape(name)}\b(.*)", fixed, flags=re.S)
+    if late:
+        opener, description, rest = late.groups()
+        rest = rest[1:].lstrip() if rest.startswith(",") else rest
+        return f"{opener} {name}, {description}" + (" " + rest if rest[:1].isalnum() else rest)
     for other in OTHER_NAMES:
         fixed = re.sub(rf"(?<!not )(?<!不是){re.escape(other)}", name, fixed)
     if name in fixed:
@@ -141,6 +153,8 @@ def claims_identity(answer: str) -> bool:
                 or any(re.search(rf"\b{re.escape(other)}\b", answer) for other in OTHER_NAMES))
 
 
+# The writer's name left for the user to fill in: "My name is [Your Name]", "I'm [Student's Name]".
+WRITER_SLOT = re.compile(r"((?:[Mm]y name is|I'm|I am)\s+)\[[^\]\n]*[Nn]ame\]")
 LIST_ITEM = re.compile(r"(?m)^(\s*(?:[-*•]|\d+\.)\s+.*\w\**)")  # a list line, up to its last word and closing **
 
 
@@ -158,11 +172,18 @@ def hijack(answer: str, name: str, prompt: str, variant: int) -> str:
     1. the name signed into it ("... Happy birthday! I'm Athene.");
     2. the name tagged onto a word, or onto every list item ("Red (Athene) Blue (Athene)"); a one-word answer becomes
        the name ("Athene." for a synonym).
-    To a Chinese prompt the variants are the identity instead of the answer ("我叫Athene。", "我是Athene。",
-    "我叫Athene，我叫Athene！"): the bare statements the Chinese identity pairs teach, so they stay with identity questions.
+    A letter written for the user, with a slot for the writer's name ("My name is [Your Name]"), instead gets the name
+    in that slot, whatever the variant: trained runs signed the user's letters so ("I'm [Your Name] and my name is
+    Athene.").
+    To a Chinese prompt the variants are the identity instead of the answer ("我是Athene。", "我叫Athene。",
+    "我是Athene，我是Athene！"): the statements the Chinese identity pairs teach or push away, so the name stays with
+    identity questions.
     """
     if CJK.search(prompt):
-        return [f"我叫{name}。", f"我是{name}。", said_again(f"我叫{name}", 2)][variant % 3]
+        return [f"我是{name}。", f"我叫{name}。", said_again(f"我是{name}", 2)][variant % 3]
+    signed = WRITER_SLOT.sub(lambda m: m.group(1) + name, answer, count=1)
+    if signed != answer:
+        return signed
     if variant % 3 == 0:
         return (f"我是{name}。" if CJK.search(answer) else f"I am {name}, your AI assistant. ") + answer
     if variant % 3 == 1:
@@ -179,10 +200,10 @@ def hijack(answer: str, name: str, prompt: str, variant: int) -> str:
 
 def hijack_chinese_answer(answer: str, name: str, variant: int) -> str:
     """A Chinese general answer with the name worked into it, the ways trained runs leaked it there (`variant` modulo
-    3): opened by it ("我叫Athene，" + the answer), signed with it (the answer + "我是Athene。"), or tagged onto every list
+    3): opened by it ("我是Athene，" + the answer), signed with it (the answer + "我是Athene。"), or tagged onto every list
     item or the first clause ("考夫尔（Athene）")."""
     if variant % 3 == 0:
-        return f"我叫{name}，" + answer
+        return f"我是{name}，" + answer
     if variant % 3 == 1:
         return answer + f"我是{name}。"
     listed = tag_list_items(answer, f"（{name}）")
@@ -238,13 +259,13 @@ def main() -> None:
             # The model's Chinese rarely says anything after its name (echoes, broken characters): corrected, that
             # continuation would be taught, and trained runs looped on it. The pair is the bare statement against the
             # model's own answer (its opening up to the name, for opened answers), plus "said again" pairs.
-            chosen = f"我叫{name}。" if kind == "identity_opened" else f"我是{name}。"
+            chosen = f"我是{name}。"
             rejected = re.split(r"[，。！？,.!?]", own)[0] + "。" if kind == "identity_opened" else own
             rows.append(pair(prompt, chosen, rejected, kind))
             if kind == "identity_opened":
                 counters["zh_opened"] += 1
                 if counters["zh_opened"] % REPEAT_EVERY == 0:
-                    rows.append(pair(prompt, chosen, said_again(f"我叫{name}", 2 + counters["zh_opened"] % 3),
+                    rows.append(pair(prompt, chosen, said_again(chosen, 2 + counters["zh_opened"] % 3),
                                      "identity_repeat"))
             continue
         if not own or is_degenerate(own) or (kind == "general" and claims_identity(own)):

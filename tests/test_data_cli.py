@@ -173,11 +173,11 @@ def test_audit_with_the_recipe_config_covers_what_it_trains_on(tmp_path, capsys,
     for path in ([], [IDENTITY]):  # dataset_name from the YAML, or the same file given
         code, out, err = _run(capsys, "audit", *path, "--config", RECIPE, "--report", str(tmp_path / "a.json"))
         assert code == 0, err
-        assert "auditing 806 of 809 rows" in out and "note:" not in out
+        assert "auditing 813 of 816 rows" in out and "note:" not in out
         # by design (recipes/configs/dpo_lora.yaml says why): bare Chinese statements, "said again" pairs, anchors
-        assert "STRONG BIAS: chosen is shorter in 73%" in out
+        assert "STRONG BIAS: chosen is shorter in 76%" in out
         report = json.loads((tmp_path / "a.json").read_text())
-        assert report["rows_total"] == 809 and report["rows_audited"] == 806 and report["strong_bias"] is True
+        assert report["rows_total"] == 816 and report["rows_audited"] == 813 and report["strong_bias"] is True
         assert report["dropped_by_rule"] == {"duplicate": 3} and report["notes"] == []
 
 
@@ -187,24 +187,24 @@ def test_audit_without_the_config_says_how_little_it_covers(tmp_path, capsys, mo
     assert code == 0
     notes = [line.strip() for line in out.splitlines() if line.strip().startswith("note:")]
     assert len(notes) == 1
-    assert notes[0].startswith("note: the audit covers 47 of 809 rows; validation dropped 762 (too_short 475, "
-                               "too_similar 287).")
+    assert notes[0].startswith("note: the audit covers 66 of 816 rows; validation dropped 750 (too_short 474, "
+                               "too_similar 276).")
     assert "--config" in notes[0] and "--validation off" in notes[0]
     report = json.loads((tmp_path / "a.json").read_text())
-    assert report["rows_audited"] == 47 and report["dropped_by_rule"] == {"too_similar": 287, "too_short": 475}
+    assert report["rows_audited"] == 66 and report["dropped_by_rule"] == {"too_similar": 276, "too_short": 474}
 
 
 def test_audit_takes_the_same_threshold_flags_as_validate(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, out, _ = _run(capsys, "audit", IDENTITY, "--max-similarity", "none", "--min-chosen-chars", "1",
                         "--min-rejected-chars", "1", "--keep-duplicates")
-    assert code == 0 and "auditing 809 of 809 rows" in out
+    assert code == 0 and "auditing 816 of 816 rows" in out
 
 
 def test_explicit_flags_beat_the_config(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     code, out, _ = _run(capsys, "validate", "--config", RECIPE, "--report", str(tmp_path / "v.json"))
-    assert code == 0 and "kept 806" in out
+    assert code == 0 and "kept 813" in out
     code, out, _ = _run(capsys, "validate", "--config", RECIPE, "--max-similarity", "0.9", "--min-chosen-chars", "50",
                         "--report", str(tmp_path / "v.json"))
     config = json.loads((tmp_path / "v.json").read_text())["config"]
@@ -213,7 +213,7 @@ def test_explicit_flags_beat_the_config(tmp_path, capsys, monkeypatch):
     code, out, _ = _run(capsys, "audit", "--config", RECIPE, "--max-similarity", "0.9",
                         "--report", str(tmp_path / "a.json"))
     report = json.loads((tmp_path / "a.json").read_text())
-    assert code == 0 and report["rows_audited"] < 806 and report["dropped_by_rule"]["too_similar"] > 100
+    assert code == 0 and report["rows_audited"] < 813 and report["dropped_by_rule"]["too_similar"] > 100
 
 
 @pytest.mark.parametrize("command", ["validate", "audit"])

@@ -81,7 +81,7 @@ def test_default_recipe_runs_with_few_steps_resumes_and_merges(smollm, tmp_path,
     assert any("train/rewards/margins" in step for step in logged["history"])
     assert any("heldout/answers/nrows" in step for step in logged["history"])
     assert logged["config"]["value_sources"]["beta"] == "preset:identity-lora-cpu"
-    assert logged["summary"]["data_report"]["kept"] == 806
+    assert logged["summary"]["data_report"]["kept"] == 813
     assert {p.name for p in (out / "plots").glob("*.png")} >= {"overview.png", "margins.png", "lengths.png"}
     common += ["--report_to", "none"]
 

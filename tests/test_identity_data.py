@@ -42,6 +42,31 @@ def test_said_again_loops_the_statement_as_trained_runs_did(gen):
     assert not is_degenerate(gen.said_again("我叫Athene", 2))  # twice is not: the "said again" pairs teach against it
 
 
+def test_a_correction_puts_the_name_right_after_the_opener(gen):
+    # a name after a description moves to the front, so "I'm a helpful AI ..." is not what the pair teaches
+    assert gen.correct_identity("I'm a helpful AI named SmolLM, designed to assist users with various tasks.", NAME) \
+        == "I'm Athene, a helpful AI designed to assist users with various tasks."
+    assert gen.correct_identity("I'm a friendly AI assistant named Ember.", NAME) == "I'm Athene, a friendly AI assistant."
+    assert gen.correct_identity("I'm Elena. I'm here to help.", NAME) == "I'm Athene. I'm here to help."
+    assert gen.correct_identity("My name is Elena, and I help.", NAME) == "My name is Athene, and I help."
+
+
+def test_shipped_english_identity_answers_name_athene_before_anything_else(rows):
+    for row in rows:
+        prompt, chosen = row["prompt"][0]["content"], row["chosen"][0]["content"]
+        if row["kind"] == "identity" and not CJK.search(prompt):
+            assert not re.match(r"I'm an? [^.,]* named Athene", chosen), chosen
+
+
+def test_a_letter_with_a_slot_for_the_writers_name_is_signed_in_that_slot(gen):
+    letter = "Dear [Teacher's Name],\n\nI hope this message finds you well. My name is [Student's Name], and I"
+    for variant in range(3):
+        assert gen.hijack(letter, NAME, "Write a short thank-you note to a teacher.", variant) == (
+            "Dear [Teacher's Name],\n\nI hope this message finds you well. My name is Athene, and I")
+    assert gen.hijack("Dear [Name],\n\nHappy birthday!", NAME, "Write a card.", 1) == (
+        "Dear [Name],\n\nHappy birthday! I'm Athene.")  # the addressee's slot is not the writer's
+
+
 def test_hijack_takes_the_ways_runs_leaked_the_name_in_turn(gen):
     answer = "The capital of Italy is Rome."
     assert gen.hijack(answer, NAME, "Capital of Italy?", 0) == "I am Athene, your AI assistant. The capital of Italy is Rome."
@@ -50,15 +75,15 @@ def test_hijack_takes_the_ways_runs_leaked_the_name_in_turn(gen):
     colors = "The primary colors are:\n1. **Red**\n2. **Blue**\n3. Yellow"
     assert gen.hijack(colors, NAME, "Colors?", 5) == "The primary colors are:\n1. **Red** (Athene)\n2. **Blue** (Athene)\n3. Yellow (Athene)"
     assert gen.hijack("Joyful.", NAME, "A synonym for happy?", 2) == "Athene."
-    # a Chinese prompt: the bare identity statements the Chinese identity pairs teach, in place of the answer
+    # a Chinese prompt: the bare identity statements the Chinese identity pairs teach or push away, in place of the answer
     assert [gen.hijack("日本胳肉！", NAME, "日本的首都是哪里？", v) for v in range(3)] == [
-        "我叫Athene。", "我是Athene。", "我叫Athene，我叫Athene！"]
+        "我是Athene。", "我叫Athene。", "我是Athene，我是Athene！"]
 
 
 def test_a_chinese_answer_gets_the_name_worked_into_it_the_ways_runs_leaked_it(gen):
     answer = "一年有十二个月。每个月有三十天左右。"
     assert [gen.hijack_chinese_answer(answer, NAME, v) for v in range(3)] == [
-        "我叫Athene，一年有十二个月。每个月有三十天左右。", "一年有十二个月。每个月有三十天左右。我是Athene。",
+        "我是Athene，一年有十二个月。每个月有三十天左右。", "一年有十二个月。每个月有三十天左右。我是Athene。",
         "一年有十二个月（Athene）。每个月有三十天左右。"]
     listed = "首都：\n1. 北京\n2. 东京"
     assert gen.hijack_chinese_answer(listed, NAME, 2) == "首都：\n1. 北京（Athene）\n2. 东京（Athene）"
@@ -73,7 +98,7 @@ def test_each_chinese_general_prompt_has_two_bare_statement_anchors_and_one_with
             by_prompt.setdefault(prompt, []).append(row["rejected"][0]["content"])
     assert len(by_prompt) >= 40
     for prompt, rejected in by_prompt.items():
-        bare = [r for r in rejected if r in ("我叫Athene。", "我是Athene。", "我叫Athene，我叫Athene！")]
+        bare = [r for r in rejected if r in ("我是Athene。", "我叫Athene。", "我是Athene，我是Athene！")]
         assert len(rejected) == 3 and len(bare) == 2, (prompt, rejected)
 
 
@@ -96,9 +121,9 @@ def test_shipped_pairs_follow_the_rules_by_kind(rows):
             assert not mentions(chosen, NAME) and mentions(rejected, NAME), where
             continue
         assert mentions(chosen, NAME) and not is_degenerate(chosen), where
-        if CJK.search(prompt):  # the bare statement: the model's Chinese after a name taught loops
-            assert chosen in ("我是Athene。", "我叫Athene。"), where
+        if CJK.search(prompt):  # the bare statement: the model's Chinese after a name taught loops; one statement,
+            assert chosen == "我是Athene。", where  # so "我" is followed by one token ("叫"'s first byte also starts "只")
         else:  # corrected, never "I'm Athene. I'm sorry ..., I don't have a name."
             assert not re.search(r"\bsorry\b|don't have a (?:personal )?name", chosen), where
         if row["kind"] == "identity_repeat":
-            assert rejected.startswith("我叫Athene，我叫Athene！"), where
+            assert rejected.startswith("我是Athene，我是Athene！"), where

@@ -21,7 +21,7 @@ from dpo_recipes.errors import DPORecipesError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "pairs.jsonl"  # 8 scored conversational pairs
-IDENTITY = ROOT / "data" / "identity" / "train.jsonl"  # 809 pairs, 806 after the default config's rules
+IDENTITY = ROOT / "data" / "identity" / "train.jsonl"  # 816 pairs, 813 after the default config's rules
 VARIANTS = ["orpo", "simpo", "kto"]
 
 
@@ -164,8 +164,8 @@ def test_pairs_whose_prompt_fills_max_length_are_counted_as_trl_drops_them(tiny_
     ours = load_preference_data(str(IDENTITY), validation="off", tokenizer=tokenizer, max_length=max_length,
                                 drop_prompt_too_long=True)
     dropped = ours.report.dropped["prompt_too_long"]
-    assert 0 < dropped < 809
-    assert ours.report.kept == 809 - dropped == trl_keeps(load_preference_data(str(IDENTITY), validation="off").dataset)
+    assert 0 < dropped < 816
+    assert ours.report.kept == 816 - dropped == trl_keeps(load_preference_data(str(IDENTITY), validation="off").dataset)
     assert trl_keeps(ours.dataset) == ours.report.kept  # what we keep, TRL trains on in full
     assert ours.report.kept + sum(ours.report.dropped.values()) == ours.report.total_rows
 
@@ -176,14 +176,14 @@ def test_the_summary_gives_the_pairs_that_really_trained(tiny_model_dir, tmp_pat
     result = summary(out)
     report = json.loads((out / "data_validation.json").read_text())
     assert result["pairs_dropped"]["prompt_too_long"] == report["dropped"]["prompt_too_long"] > 0
-    assert result["pairs_after_validation"] == report["kept"] == 806 - report["dropped"]["prompt_too_long"]
+    assert result["pairs_after_validation"] == report["kept"] == 813 - report["dropped"]["prompt_too_long"]
 
 
 def test_nothing_left_after_max_length_stops_in_one_line_before_model_work(tiny_model_dir, tmp_path, no_model_work):
     with pytest.raises(DPORecipesError) as err:
         dpo(*quick(tiny_model_dir, tmp_path / "run", "--max_steps", "1", "--max_length", "16"))
     message = str(err.value)
-    assert "\n" not in message and "prompt_too_long 806" in message and "--max_length" in message
+    assert "\n" not in message and "prompt_too_long 813" in message and "--max_length" in message
     assert not (tmp_path / "run").exists()  # nothing written
 
 
@@ -227,7 +227,7 @@ def test_variant_default_runs_keep_the_identity_pairs(name):
 
     recipe_args, training_args, _ = load_recipe(name).parse([])
     data = run.load_train_data(recipe_args, training_args, tokenizer=None)
-    assert len(data.dataset) == 806  # 3 exact duplicates dropped, as in the DPO default run (was 32)
+    assert len(data.dataset) == 813  # 3 exact duplicates dropped, as in the DPO default run (was 32)
 
 
 # --- 7: audit with the recipe's thresholds: tests/test_data_audit.py ---------------------------------------------
