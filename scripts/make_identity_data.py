@@ -105,13 +105,13 @@ def correct_identity(answer: str, name: str) -> str:
     """
     fixed = NAME_CLAIM.sub(lambda m: m.group(1) + name, answer)
     fixed = ZH_CLAIM.sub(lambda m: m.group(1) + name, fixed)
+    for other in OTHER_NAMES:
+        fixed = re.sub(rf"(?<!not )(?<!不是){re.escape(other)}", name, fixed)
     late = re.match(rf"(I'm|I am) (an? [^.,!?]*?) (?:named|called) {re.escape(name)}\b(.*)", fixed, flags=re.S)
     if late:
         opener, description, rest = late.groups()
         rest = rest[1:].lstrip() if rest.startswith(",") else rest
-        return f"{opener} {name}, {description}" + (" " + rest if rest[:1].isalnum() else rest)
-    for other in OTHER_NAMES:
-        fixed = re.sub(rf"(?<!not )(?<!不是){re.escape(other)}", name, fixed)
+        fixed = f"{opener} {name}, {description}" + (" " + rest if rest[:1].isalnum() else rest)
     if name in fixed:
         return fixed
     if fixed.startswith("我叫"):  # "我叫小明…" -> "我叫Athene…": the name is the run of CJK after 我叫

@@ -51,13 +51,6 @@ def test_a_correction_puts_the_name_right_after_the_opener(gen):
     assert gen.correct_identity("My name is Elena, and I help.", NAME) == "My name is Athene, and I help."
 
 
-def test_shipped_english_identity_answers_name_athene_before_anything_else(rows):
-    for row in rows:
-        prompt, chosen = row["prompt"][0]["content"], row["chosen"][0]["content"]
-        if row["kind"] == "identity" and not CJK.search(prompt):
-            assert not re.match(r"I'm an? [^.,]* named Athene", chosen), chosen
-
-
 def test_a_letter_with_a_slot_for_the_writers_name_is_signed_in_that_slot(gen):
     letter = "Dear [Teacher's Name],\n\nI hope this message finds you well. My name is [Student's Name], and I"
     for variant in range(3):
@@ -123,7 +116,8 @@ def test_shipped_pairs_follow_the_rules_by_kind(rows):
         assert mentions(chosen, NAME) and not is_degenerate(chosen), where
         if CJK.search(prompt):  # the bare statement: the model's Chinese after a name taught loops; one statement,
             assert chosen == "我是Athene。", where  # so "我" is followed by one token ("叫"'s first byte also starts "只")
-        else:  # corrected, never "I'm Athene. I'm sorry ..., I don't have a name."
+        else:  # corrected, never "I'm Athene. I'm sorry ..., I don't have a name.", and named before anything else
             assert not re.search(r"\bsorry\b|don't have a (?:personal )?name", chosen), where
+            assert not re.match(r"I'm an? [^.,]* named Athene", chosen), where
         if row["kind"] == "identity_repeat":
             assert rejected.startswith("我是Athene，我是Athene！"), where
